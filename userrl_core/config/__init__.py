@@ -1,0 +1,6 @@
+"""Recipes: Hydra composition and the pydantic schema they are validated against."""
+
+from userrl_core.config.compose import check_plugin_names, compose_recipe, load_recipe, validate_config
+from userrl_core.config.schema import RunConfig
+
+__all__ = ["RunConfig", "check_plugin_names", "compose_recipe", "load_recipe", "validate_config"]

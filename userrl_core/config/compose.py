@@ -1,0 +1,103 @@
+"""Recipe loading: Hydra's compose API, then pydantic validation, then plugin-name checks.
+
+A recipe is a YAML file anywhere on disk. Its ``defaults:`` list may pull config groups that
+ship inside this package (``simulator: local``, ``backend: transformers``, ...): the package's
+``conf/`` folder is put on Hydra's search path. Hydra is used only to compose: no
+``@hydra.main``, no change of working directory, no ``outputs/`` folder.
+
+Command-line overrides are Hydra overrides. A dotted key (``trainer.total_epochs=3``) is set
+whether or not the recipe mentions it (it is passed as ``++key=value``); a bare key that names a
+config group (``simulator=dashscope``) selects that group's option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from userrl_core.config.schema import RunConfig
+from userrl_core.errors import ConfigError
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+def _normalise_override(override: str) -> str:
+    if "=" not in override or override[0] in "+~":
+        return override
+    key = override.split("=", 1)[0]
+    return f"++{override}" if "." in key else override
+
+
+def compose_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose a recipe with its overrides into a plain dict (not yet validated)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    recipe = Path(path).expanduser().resolve()
+    if not recipe.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    if recipe.suffix not in {".yaml", ".yml"}:
+        raise ConfigError(f"{path}: a recipe is a .yaml file")
+    hydra_overrides = [f"hydra.searchpath=[file://{CONF_DIR}]"]
+    hydra_overrides += [_normalise_override(o) for o in overrides]
+    try:
+        with initialize_config_dir(config_dir=str(recipe.parent), version_base=None, job_name="userrl"):
+            cfg = compose(config_name=recipe.stem, overrides=hydra_overrides)
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: {message}") from None
+    except Exception as exc:  # yaml scanner errors and the like
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: cannot read recipe: {message}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    data.pop("hydra", None)
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_config(data: dict[str, Any], source: str = "recipe") -> RunConfig:
+    """Validate a composed recipe; the error names every bad dotted key and the file."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose and validate a recipe. Plugin names are checked by :func:`check_plugin_names`."""
+    return validate_config(compose_recipe(path, overrides), source=str(path))
+
+
+def check_plugin_names(config: RunConfig, registry: Any, source: str = "recipe") -> None:
+    """Every plugin name the config uses must be registered (and available)."""
+    from userrl_core.errors import UnknownNameError
+    from userrl_core.registry import Kind
+
+    checks = [
+        (Kind.SIMULATOR, config.simulator.name, "simulator.name"),
+        (Kind.ROLLOUT_BACKEND, config.rollout.backend, "rollout.backend"),
+        (Kind.TRAINING_BACKEND, config.actor.backend, "actor.backend"),
+        (Kind.TURN_CREDIT, config.algorithm.turn_credit, "algorithm.turn_credit"),
+        (Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score, "algorithm.trajectory_score"),
+    ]
+    checks += [(Kind.ENVIRONMENT, name, f"env.{name}") for name in config.env]
+    for kind, name, key in checks:
+        try:
+            registry.entry(kind, name, key_path=key)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"{source}: {exc}") from None

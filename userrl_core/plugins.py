@@ -1,0 +1,238 @@
+"""The plugin manager: loads every plugin from the ``userrl`` entry-point group.
+
+Built-in plugins (``plugins/``, the package ``userrl_plugins``) and third-party plugins load
+the same way. Each plugin's registration hooks are called one plugin at a time, so a name can
+be traced to its plugin and one broken plugin cannot take the others down:
+
+- a plugin that fails to import or to register is recorded as ``failed`` with its
+  distribution, version and error, and skipped (``USERRL_STRICT_PLUGINS=1`` makes it fatal);
+- a plugin that declares ``USERRL_REQUIRES = {"module": "install hint"}`` and misses one of
+  those modules is ``unavailable``: its names stay listed, and using one says how to install it;
+- ``USERRL_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name;
+- two plugins registering the same name is an error naming both (always fatal: which one
+  would win is not something to guess).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from userrl_core import hookspecs
+from userrl_core.errors import PluginConflictError, UserError
+from userrl_core.registry import Kind, Registry
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "userrl"
+REGISTRATION_HOOKS = (
+    "register_environments",
+    "register_simulators",
+    "register_rewards",
+    "register_backends",
+)
+
+
+class PluginLoadError(UserError):
+    """Raised in strict mode when a plugin fails to load."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``userrl plugins list`` shows for one plugin."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    status: str = "ok"  # ok | unavailable | failed | disabled
+    error: str | None = None
+    hint: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "hint": self.hint,
+            "hooks": self.hooks,
+            "registers": self.registers,
+        }
+
+
+def _env_list(var: str) -> set[str]:
+    return {p.strip() for p in os.environ.get(var, "").split(",") if p.strip()}
+
+
+def _strict() -> bool:
+    return os.environ.get("USERRL_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginManager:
+    """Loads plugins, fills a :class:`Registry`, and calls lifecycle hooks."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.plugins: dict[str, PluginInfo] = {}
+
+    # ---------------------------------------------------------------- loading
+
+    def load_entry_points(self) -> None:
+        disabled = _env_list("USERRL_DISABLE_PLUGINS")
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in self.plugins:
+                continue  # the same distribution seen twice on sys.path
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                distribution=dist.metadata["Name"] if dist else "?",
+                version=dist.version if dist else "?",
+            )
+            self.plugins[ep.name] = info
+            if ep.name in disabled:
+                info.status = "disabled"
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import-time failure of third-party code
+                self._fail(info, exc)
+                continue
+            self.add_plugin(obj, info)
+
+    def add_plugin(self, obj: Any, info: PluginInfo | None = None) -> PluginInfo:
+        """Register one plugin object (a module or an instance) and run its registrations."""
+        if info is None:
+            name = getattr(obj, "__name__", type(obj).__name__)
+            info = PluginInfo(name=name, module=name, distribution="(in-process)", version="")
+            self.plugins[name] = info
+        missing = {
+            mod: hint
+            for mod, hint in (getattr(obj, "USERRL_REQUIRES", None) or {}).items()
+            if importlib.util.find_spec(mod) is None
+        }
+        try:
+            self.pm.register(obj, name=info.name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self._unregister_quietly(info.name)
+            self._fail(info, exc)
+            return info
+        info.hooks = sorted(
+            hc.name for hc in self.pm.get_hookcallers(obj) or [] if not hc.name.startswith("_")
+        )
+        try:
+            self._run_registrations(obj, info)
+        except PluginConflictError:
+            raise
+        except Exception as exc:
+            self.registry.remove_plugin(info.name)
+            self._unregister_quietly(info.name)
+            info.registers = {}
+            self._fail(info, exc)
+            return info
+        if missing:
+            info.status = "unavailable"
+            info.hint = "; ".join(f"missing {m}: {h}" for m, h in sorted(missing.items()))
+            for entry in self.registry.entries(info.name):
+                entry.unavailable_hint = info.hint
+        return info
+
+    def _run_registrations(self, obj: Any, info: PluginInfo) -> None:
+        for hook_name in REGISTRATION_HOOKS:
+            impl = getattr(obj, hook_name, None)
+            if impl is None or not callable(impl):
+                continue
+            impl(register=self._make_register(hook_name, info))
+
+    def _make_register(self, hook_name: str, info: PluginInfo) -> Callable[..., None]:
+        def record(kind: Kind, name: str, obj: Any, description: str) -> None:
+            self.registry.add(kind, name, obj, plugin=info.name, description=description)
+            info.registers.setdefault(kind.value, []).append(name)
+
+        if hook_name == "register_environments":
+            return lambda name, factory, description="": record(Kind.ENVIRONMENT, name, factory, description)
+        if hook_name == "register_simulators":
+            return lambda name, factory, description="": record(Kind.SIMULATOR, name, factory, description)
+
+        allowed = (
+            {"turn_credit": Kind.TURN_CREDIT, "trajectory_score": Kind.TRAJECTORY_SCORE, "judge": Kind.JUDGE}
+            if hook_name == "register_rewards"
+            else {"rollout": Kind.ROLLOUT_BACKEND, "training": Kind.TRAINING_BACKEND}
+        )
+
+        def register(kind: str, name: str, obj: Any, description: str = "") -> None:
+            if kind not in allowed:
+                raise ValueError(f"{hook_name}: unknown kind {kind!r}; expected one of {sorted(allowed)}")
+            record(allowed[kind], name, obj, description)
+
+        return register
+
+    def _fail(self, info: PluginInfo, exc: BaseException) -> None:
+        info.status = "failed"
+        info.error = _short_error(exc)
+        log.debug("plugin %s failed:\n%s", info.name, "".join(traceback.format_exception(exc)))
+        if _strict():
+            raise PluginLoadError(
+                f"plugin {info.name!r} ({info.distribution} {info.version}) failed to load: {info.error}"
+            ) from exc
+        log.warning("plugin %r (%s %s) failed to load and is skipped: %s",
+                    info.name, info.distribution, info.version, info.error)
+
+    def _unregister_quietly(self, name: str) -> None:
+        try:
+            self.pm.unregister(name=name)
+        except Exception:  # pragma: no cover - it was never registered
+            pass
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def call_lifecycle(self, hook_name: str, **kwargs: Any) -> list[str]:
+        """Call a lifecycle hook on every plugin, one at a time.
+
+        A plugin that raises is logged and reported back (so the run summary can list it); it
+        does not stop the run unless ``USERRL_STRICT_PLUGINS=1``. Returns the error lines.
+        """
+        errors: list[str] = []
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                line = f"plugin {impl.plugin_name!r} raised in {hook_name}: {_short_error(exc)}"
+                if _strict():
+                    raise
+                log.error(line)
+                errors.append(line)
+        return errors
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager(*, fresh: bool = False) -> PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _default
+    if _default is None or fresh:
+        manager = PluginManager()
+        manager.load_entry_points()
+        _default = manager
+    return _default

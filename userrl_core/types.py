@@ -1,0 +1,309 @@
+"""The data contracts shared by the core and every plugin.
+
+Environments, simulators, backends and reward methods talk to each other only through these
+types, so a plugin written against them keeps working when the core changes inside.
+Callables that plugins implement accept ``**kwargs`` so that new keyword arguments can be
+added later without breaking them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, Protocol, runtime_checkable
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a dataset, routed to its environment plugin by ``env_name``.
+
+    ``prompt`` holds the opening messages as stored in the dataset (verl/UserRL parquet:
+    system + user). ``payload`` is what the environment needs to build an episode
+    (for IntentionGym: the vague request and its missing details); its shape belongs to the
+    environment plugin, which validates it.
+    """
+
+    id: str
+    env_name: str
+    data_source: str
+    prompt: list[Message]
+    payload: dict[str, Any]
+    source: str = ""  # "file.parquet row 17", for error messages
+
+
+# --------------------------------------------------------------------------------------------
+# Actions and environment steps
+# --------------------------------------------------------------------------------------------
+
+ActionChoice = Literal["action", "answer", "finish"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the agent does in one turn: UserRL's ``interact_with_env`` tool call."""
+
+    choice: ActionChoice
+    content: str
+
+
+class StepStatus(str, enum.Enum):
+    OK = "ok"
+    SIMULATOR_FAILED = "simulator_failed"  # retries exhausted: no reward may be produced
+
+
+@dataclass
+class StepResult:
+    """The environment's answer to one action.
+
+    ``observation`` is the text the agent sees next (the simulated user's reply).
+    ``reward`` is the turn reward; it must be ``None`` when ``status`` is not OK, so that a
+    failed simulator call can never turn into a reward. ``info`` carries environment metrics
+    (for IntentionGym: coverage, covered details by importance).
+    """
+
+    observation: str
+    reward: float | None
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+    status: StepStatus = StepStatus.OK
+    error: str | None = None
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """One episode of one task. Created per episode by an environment factory.
+
+    ``reset`` returns the opening messages (usually ``task.prompt``). ``step`` is called once per
+    valid agent action and returns a :class:`StepResult`. ``metrics`` returns the trajectory
+    metrics at the end (IntentionGym: ``score``, ``score_max``, ``coverage``).
+    """
+
+    async def reset(self) -> list[Message]: ...
+
+    async def step(self, action: Action) -> StepResult: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+class EnvironmentFactory(Protocol):
+    """Builds an :class:`Environment` for one episode.
+
+    Called as ``factory(task=..., simulator=..., settings=..., seed=...)`` where ``settings``
+    is the recipe's ``env.<env_name>`` mapping (the plugin validates it) and ``seed`` makes the
+    episode reproducible.
+    """
+
+    def __call__(
+        self, *, task: Task, simulator: "Simulator", settings: dict[str, Any], seed: int, **kwargs: Any
+    ) -> Environment: ...
+
+
+# --------------------------------------------------------------------------------------------
+# User simulators
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatorRequest:
+    """One call to a user simulator.
+
+    ``purpose`` is ``"reply"`` (answer as the user) or ``"judge"`` (decide what a question
+    covers). ``messages`` is the full prompt for a language-model simulator. ``context`` holds
+    the same facts in structured form for simulators that are not language models (the
+    embedded ``local`` simulator); language-model simulators must ignore it.
+    ``response_format`` is ``"json"`` when the caller parses the reply as JSON.
+    """
+
+    purpose: Literal["reply", "judge"]
+    messages: list[Message]
+    context: dict[str, Any] = field(default_factory=dict)
+    response_format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class SimulatorResponse:
+    """The simulator's text plus what the call cost."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+class SimulatorError(RuntimeError):
+    """A simulator call failed after all retries. The turn gets no reward."""
+
+    def __init__(self, simulator: str, message: str, attempts: int = 1):
+        super().__init__(f"simulator {simulator!r} failed after {attempts} attempt(s): {message}")
+        self.simulator = simulator
+        self.attempts = attempts
+        self.last_error = message
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """A user simulator (and judge). Shared by all episodes of a run; must be safe to call
+    concurrently. Retries, time-outs and the concurrency bound are its own business; after the
+    last retry it raises :class:`SimulatorError`, never returns a made-up text."""
+
+    name: str
+
+    async def complete(self, request: SimulatorRequest) -> SimulatorResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes (the unit the trainer consumes)
+# --------------------------------------------------------------------------------------------
+
+
+class EpisodeStatus(str, enum.Enum):
+    OK = "ok"  # ended normally (finish, all covered, max_turns, token budget, no action)
+    FAILED = "failed"  # a simulator call failed: excluded from training, counted in metrics
+
+
+@dataclass
+class Turn:
+    """One agent turn: the tokens it sampled and what the environment made of them.
+
+    ``start``/``end`` index into :attr:`Episode.token_ids` (``end`` exclusive) and span exactly
+    the sampled tokens of this turn.
+    """
+
+    start: int
+    end: int
+    text: str
+    action: Action | None
+    reward: float
+    observation: str = ""
+    invalid: bool = False  # unparsable or unknown action: no env step, reward 0
+    no_action: bool = False  # no tool call at all
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Episode:
+    """A finished multi-turn episode in token space.
+
+    ``token_ids`` is the whole conversation exactly as the policy saw and sampled it;
+    ``loss_mask[i]`` is 1 for tokens the policy sampled and 0 for prompt, environment and
+    template tokens; ``rollout_logprobs`` holds the sampling log-probs of the masked tokens
+    (0.0 elsewhere) when the backend provides them.
+    """
+
+    task: Task
+    group: int  # index of the task within the step: GRPO groups never mix tasks
+    sample: int  # index of this sample within its group (0 .. rollout.n - 1)
+    token_ids: list[int]
+    loss_mask: list[int]
+    prompt_length: int
+    turns: list[Turn]
+    messages: list[Message]
+    status: EpisodeStatus = EpisodeStatus.OK
+    end_reason: str = ""  # finish | all_covered | max_turns | token_budget | no_action | failed
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    rollout_logprobs: list[float] | None = None
+
+    @property
+    def turn_rewards(self) -> list[float]:
+        return [t.reward for t in self.turns]
+
+    @property
+    def response_length(self) -> int:
+        return int(sum(self.loss_mask))
+
+
+# --------------------------------------------------------------------------------------------
+# Reward methods (pure functions, registered through ``register_rewards``)
+# --------------------------------------------------------------------------------------------
+
+TurnCreditFn = Callable[..., Any]
+"""``fn(rewards, turn_mask, *, gamma, **kwargs) -> credits``.
+
+``rewards`` and ``turn_mask`` are float tensors ``[episodes, max_turns]`` (mask 1 for a real
+turn); returns credits of the same shape (0 where the mask is 0)."""
+
+TrajectoryScoreFn = Callable[..., Any]
+"""``fn(rewards, turn_mask, *, gamma, **kwargs) -> scores``: a float tensor ``[episodes]``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    """Continue each sequence by one assistant turn. ``prompts`` are token id lists."""
+
+    prompts: list[list[int]]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = True
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    """Sampled continuation ids per prompt (stop token included when one was hit) and their
+    per-token log-probs under the sampling distribution when available."""
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+
+class RolloutBackend(Protocol):
+    """Generates turns for many episodes at once. ``tokenizer`` is a HF tokenizer."""
+
+    tokenizer: Any
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def sync_weights(self, source: Any) -> None: ...
+
+
+@dataclass
+class TrainBatch:
+    """Padded token batch for one update, built from episodes by the trainer.
+
+    All tensors are ``[batch, seq]`` except ``advantages`` which is per token too.
+    """
+
+    input_ids: Any
+    attention_mask: Any
+    loss_mask: Any
+    advantages: Any
+    old_logprobs: Any | None = None
+    ref_logprobs: Any | None = None
+
+
+class TrainingBackend(Protocol):
+    """Holds the trainable policy: log-probs, updates, checkpoints."""
+
+    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Any: ...
+
+    def update(self, batch: TrainBatch) -> dict[str, float]: ...
+
+    def save(self, path: str, *, hf: bool = True) -> None: ...
+
+    def load(self, path: str) -> None: ...
+
+
+BackendFactory = Callable[..., Any]
+"""``factory(config=RunConfig, **kwargs)`` returning a rollout or training backend."""
+
+AsyncFn = Callable[..., Awaitable[Any]]
