@@ -71,6 +71,11 @@ class RolloutConfig(Section):
         0.6, gt=0.0, le=1.0, description="Rollout engine memory fraction on the GPU (SGLang mem_fraction_static)."
     )
     tensor_model_parallel_size: int = Field(1, ge=1, description="Tensor parallel size of the rollout engine.")
+    system_prompt: str | None = Field(
+        None,
+        description="Replaces the dataset's system message (e.g. a short plain-text instruction for small models "
+        "whose dataset prompt describes tool calls).",
+    )
     generation_batch_size: int | None = Field(
         None, ge=1, description="Sequences per generate call (transformers backend); all live episodes by default."
     )
@@ -142,6 +147,9 @@ class TrainerConfig(Section):
     n_gpus_per_node: int = Field(0, ge=0, description="GPUs used for training per node (0 = CPU).")
     nnodes: int = Field(1, ge=1, description="Nodes for training.")
     gpu_ids: list[int] | None = Field(None, description="Physical GPU ids for training (e.g. [1, 2]).")
+    gpu_memory_gb: float = Field(
+        80.0, gt=0.0, description="Memory of one GPU in GB, for the dry run's per-GPU memory estimate."
+    )
     resume: bool = Field(False, description="Continue from the latest checkpoint in run_dir.")
     max_simulator_failure_rate: float = Field(
         0.5, ge=0.0, le=1.0,
@@ -175,33 +183,161 @@ class SimulatorConfig(Section):
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings for third-party simulator plugins.")
 
 
-class GuardRule(Section):
-    enabled: bool = Field(True, description="Evaluate this rule.")
-    action: Literal["warn", "stop", "rollback"] = Field("warn", description="What to do when the rule fires.")
-    threshold: float = Field(description="The rule's threshold (meaning depends on the rule).")
-    patience: int = Field(1, ge=1, description="Consecutive observations past the threshold before firing.")
-    changes: dict[str, Any] = Field(
-        default_factory=dict,
-        description="For 'rollback': dotted config keys to change when continuing (e.g. actor.lr: 5e-7).",
+GUARD_RULE_NAMES = (
+    "val_reward_drop",
+    "entropy_collapse",
+    "response_length_collapse",
+    "invalid_action_spike",
+    "simulator_failure_spike",
+    "grad_norm_vanish",
+)
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Join an existing Ray cluster (e.g. 'ray://head:10001' or 'auto'); unset: the run starts "
+        "a local Ray instance and stops it at the end."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray instance (default: all).")
+    cpus_per_rank: int = Field(1, ge=1, description="CPUs reserved for each training rank's actor.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy for the training ranks."
     )
 
 
-def _default_rules() -> dict[str, GuardRule]:
+class SimulatorServerConfig(Section):
+    enabled: bool = Field(
+        False, description="Start SGLang's OpenAI-compatible server for the simulator model and route simulator "
+        "calls to it (stopped at the end of the run)."
+    )
+    model: str = Field("Qwen/Qwen3-30B-A3B-Instruct-2507", description="Model folder or hub id to serve.")
+    served_model_name: str | None = Field(
+        None, description="Name the server answers to; defaults to model (the simulator uses 'openai/<name>')."
+    )
+    gpu: int = Field(0, ge=0, description="Physical GPU id the server runs on (CUDA_VISIBLE_DEVICES).")
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(30000, ge=1, le=65535, description="Port of the server.")
+    context_length: int = Field(32768, ge=256, description="SGLang --context-length.")
+    mem_fraction: float = Field(0.85, gt=0.0, le=1.0, description="SGLang --mem-fraction-static.")
+    max_running_requests: int = Field(128, ge=1, description="SGLang --max-running-requests.")
+    startup_timeout: float = Field(900.0, gt=0.0, description="Seconds to wait for the server to become healthy.")
+    extra_args: list[str] = Field(default_factory=list, description="More sglang.launch_server arguments.")
+
+
+class GuardRule(Section):
+    """One stability-guard rule. What ``threshold`` compares against depends on the rule:
+
+    - ``val_reward_drop``: validation reward < threshold × best validation reward so far
+      (only once a positive best exists, and only when best − value ≥ ``min_drop``);
+    - ``entropy_collapse``: ``actor/entropy`` < threshold × its reference;
+    - ``response_length_collapse``: ``response_length/mean`` < threshold × its reference;
+    - ``invalid_action_spike``: ``rollout/invalid_action_rate`` > threshold;
+    - ``simulator_failure_spike``: ``simulator/failure_rate`` > threshold;
+    - ``grad_norm_vanish``: ``actor/grad_norm`` < threshold.
+
+    A reference is the mean of the first ``reference_steps`` values recorded in the run.
+    """
+
+    enabled: bool = Field(True, description="Evaluate this rule.")
+    action: Literal["warn", "stop", "rollback"] = Field(
+        "warn",
+        description="When the rule fires: 'warn' logs a decision and goes on; 'stop' ends the run (status "
+        "'stopped'); 'rollback' restores the best checkpoint (weights, optimizer, scheduler), applies 'changes' "
+        "and continues, at most guard.max_rollbacks times (then it stops).",
+    )
+    threshold: float = Field(
+        description="val_reward_drop / entropy_collapse / response_length_collapse: a fraction of the best or "
+        "reference value; invalid_action_spike / simulator_failure_spike: a rate in [0, 1]; grad_norm_vanish: an "
+        "absolute gradient norm."
+    )
+    patience: int = Field(
+        1, ge=1,
+        description="Consecutive observations past the threshold before the rule fires (validations for "
+        "val_reward_drop, training steps for the others).",
+    )
+    reference_steps: int = Field(
+        3, ge=1,
+        description="entropy_collapse / response_length_collapse: the reference is the mean of the first N values "
+        "recorded in the run; the rule is silent until N values exist.",
+    )
+    min_drop: float = Field(
+        0.0, ge=0.0,
+        description="val_reward_drop: also require best − value ≥ this (reward units), so noise around a small "
+        "best does not fire.",
+    )
+    changes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="For 'rollback': dotted config keys to set before continuing, e.g. {actor.lr: 5.0e-7} or "
+        "{actor.use_kl_loss: true, actor.kl_loss_coef: 0.001}. A string '*F' multiplies the current numeric value "
+        "by F ('*0.5' halves the learning rate at each roll-back).",
+    )
+
+    @model_validator(mode="after")
+    def _changes_only_for_rollback(self) -> "GuardRule":
+        if self.changes and self.action != "rollback":
+            raise ValueError(f"changes are applied only on roll-back, but action is {self.action!r}")
+        for key, value in self.changes.items():
+            if isinstance(value, str) and value.startswith("*"):
+                try:
+                    float(value[1:])
+                except ValueError:
+                    raise ValueError(f"changes.{key}: {value!r} is not '*<number>'") from None
+        return self
+
+
+def _default_rules() -> dict[str, dict[str, Any]]:
+    # Tuned so that a replay of the issue's Qwen3-4B collapse (validation 2.210 at step 75, 2.148 at 130,
+    # 1.597 at 135, 0.425 at 140) rolls back at step 140 keeping step 75 (tests/test_guard.py).
     return {
-        "val_reward_drop": GuardRule(action="rollback", threshold=0.5, patience=2,
-                                     changes={"actor.lr": "half"}),
-        "entropy_collapse": GuardRule(action="warn", threshold=0.3, patience=3),
-        "response_length_collapse": GuardRule(action="warn", threshold=0.25, patience=3),
-        "invalid_action_spike": GuardRule(action="warn", threshold=0.5, patience=2),
-        "simulator_failure_spike": GuardRule(action="stop", threshold=0.3, patience=2),
-        "grad_norm_vanish": GuardRule(action="stop", threshold=1e-6, patience=5),
+        "val_reward_drop": {"action": "rollback", "threshold": 0.75, "patience": 2, "min_drop": 0.2,
+                            "changes": {"actor.lr": "*0.5"}},
+        "entropy_collapse": {"action": "warn", "threshold": 0.4, "patience": 3},
+        "response_length_collapse": {"action": "warn", "threshold": 0.25, "patience": 3},
+        "invalid_action_spike": {"action": "warn", "threshold": 0.5, "patience": 2},
+        "simulator_failure_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
+        "grad_norm_vanish": {"action": "stop", "threshold": 1e-8, "patience": 5},
     }
 
 
 class GuardConfig(Section):
+    """The stability guard (plugin ``lifecycle``; docs/guard.md). A recipe overrides only what it names:
+    ``guard.rules.entropy_collapse.action: stop`` keeps that rule's other settings and every other rule."""
+
     enabled: bool = Field(True, description="Run the stability guard on every step and validation.")
-    max_rollbacks: int = Field(2, ge=0, description="Roll-backs at most; a rule that would exceed it stops the run.")
-    rules: dict[str, GuardRule] = Field(default_factory=_default_rules, description="Rules by name.")
+    max_rollbacks: int = Field(
+        2, ge=0, description="Roll-backs at most per run; a roll-back rule firing after that stops the run."
+    )
+    rules: dict[str, GuardRule] = Field(
+        default_factory=lambda: {k: GuardRule(**v) for k, v in _default_rules().items()},
+        description="Rules by name: " + ", ".join(GUARD_RULE_NAMES) + ". Given keys are merged over the defaults.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_rule_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("rules") is None:
+            return data
+        given = data["rules"]
+        if not isinstance(given, dict):
+            return data  # pydantic reports the type error
+        unknown = sorted(set(given) - set(GUARD_RULE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown guard rule(s) {unknown}; known: {list(GUARD_RULE_NAMES)}")
+        merged: dict[str, Any] = {}
+        for name, default in _default_rules().items():
+            rule = given.get(name)
+            if isinstance(rule, GuardRule):
+                merged[name] = rule
+            elif isinstance(rule, dict):
+                base = dict(default)
+                if "action" in rule and rule["action"] != "rollback" and "changes" not in rule:
+                    base.pop("changes", None)
+                merged[name] = {**base, **rule}
+            elif rule is None:
+                merged[name] = default
+            else:
+                merged[name] = rule  # pydantic reports the type error
+        return {**data, "rules": merged}
 
 
 class WandbConfig(Section):
@@ -232,6 +368,10 @@ class RunConfig(Section):
     actor: ActorConfig = Field(default_factory=ActorConfig, description="Policy optimisation.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="The loop, checkpoints, devices.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Stability guard rules.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster and placement (fsdp backend).")
+    simulator_server: SimulatorServerConfig = Field(
+        default_factory=SimulatorServerConfig, description="A simulator server the run starts and stops itself."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Console, files, wandb.")
 
     @model_validator(mode="after")

@@ -1,0 +1,283 @@
+"""Per-GPU memory estimate for a recipe, with and without the FSDP offloads.
+
+The dry run prints it next to the placement plan so that a user sees, before renting GPUs,
+whether a recipe fits. It is arithmetic on the model's shape, not a measurement: pure Python,
+no torch import, fast.
+
+What is counted, per training GPU (``N`` = training GPUs, ``P`` = parameters):
+
+- parameters: FSDP2 keeps the sharded parameters in fp32 (they are the optimizer's master
+  weights), ``4·P/N`` bytes, plus the unsharded compute copy of the layers in flight
+  (the current one and the prefetched next one) in the compute dtype;
+- gradients: sharded fp32 gradients (``reduce_dtype`` fp32), ``4·P/N``, plus one unsharded
+  layer's gradient in the compute dtype;
+- optimizer state: AdamW's ``exp_avg`` and ``exp_avg_sq`` in fp32, ``8·P/N``;
+- activations: with gradient checkpointing, one hidden state per layer boundary plus one
+  layer recomputed in full; without, every layer's saved tensors (``34·s·h`` bytes per layer
+  and sequence for a transformer block in 16-bit, Korthikanti et al. 2022, without the
+  ``s²`` attention term because SDPA/flash attention does not store the score matrix);
+  the logits of a micro-batch in fp32 with their log-softmax and gradient
+  (``12·s·V`` bytes per sequence) are counted apart because for a 150k vocabulary they are the
+  largest single item;
+- rollout engine: a colocated SGLang engine reserves ``mem_fraction × GPU memory`` while it
+  generates and releases it during training (the hybrid engine); the peak is the larger of
+  the two phases.
+
+Offloads: ``param_offload`` moves sharded parameters and gradients to the CPU
+(``CPUOffloadPolicy``); ``optimizer_offload`` moves the AdamW state to the CPU;
+``activation_offload`` moves the checkpointed layer-boundary activations to the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only transformer that memory depends on."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    source: str = ""
+
+    @property
+    def layer_params(self) -> int:
+        h, d = self.hidden_size, self.head_dim
+        attention = h * self.num_attention_heads * d * 2 + h * self.num_key_value_heads * d * 2
+        mlp = 3 * h * self.intermediate_size  # gate, up, down (SwiGLU)
+        norms = 2 * h + 2 * d  # input/post-attention RMSNorm, Qwen3's q_norm/k_norm
+        return attention + mlp + norms
+
+    @property
+    def num_params(self) -> int:
+        embeddings = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else embeddings
+        return self.num_layers * self.layer_params + embeddings + head + self.hidden_size
+
+
+# Shapes of the recipes' models, from the config.json files of the Hugging Face repositories
+# Qwen/Qwen3-0.6B and Qwen/Qwen3-4B (used when the model folder is not on this machine).
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "Qwen/Qwen3-0.6B": ModelShape(
+        "Qwen/Qwen3-0.6B", hidden_size=1024, num_layers=28, intermediate_size=3072,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        tie_word_embeddings=True, source="built-in table (config.json of Qwen/Qwen3-0.6B)",
+    ),
+    "Qwen/Qwen3-4B": ModelShape(
+        "Qwen/Qwen3-4B", hidden_size=2560, num_layers=36, intermediate_size=9728,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        tie_word_embeddings=True, source="built-in table (config.json of Qwen/Qwen3-4B)",
+    ),
+}
+
+
+def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelShape:
+    """Read a :class:`ModelShape` from a Hugging Face ``config.json`` mapping."""
+    heads = int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    return ModelShape(
+        name=name,
+        hidden_size=hidden,
+        num_layers=int(config["num_hidden_layers"]),
+        intermediate_size=int(config["intermediate_size"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or hidden // heads),
+        vocab_size=int(config["vocab_size"]),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        source=source,
+    )
+
+
+def find_model_shape(model_path: str) -> ModelShape | None:
+    """The shape of ``model_path``: its config.json when the folder exists, else the built-in
+    table (matched on the hub id or the folder name), else ``None``."""
+    folder = Path(model_path).expanduser()
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        return shape_from_config(config, name=model_path, source=str(config_file))
+    if model_path in KNOWN_SHAPES:
+        return KNOWN_SHAPES[model_path]
+    for hub_id, shape in KNOWN_SHAPES.items():
+        if folder.name.lower() == hub_id.split("/")[-1].lower():
+            return shape
+    return None
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per training GPU by component, for one offload setting."""
+
+    label: str
+    components: dict[str, float]  # name -> bytes on the GPU
+    cpu_components: dict[str, float] = field(default_factory=dict)  # name -> bytes per rank on the host
+    rollout_bytes: float = 0.0
+
+    @property
+    def training_peak(self) -> float:
+        return sum(self.components.values())
+
+    @property
+    def peak(self) -> float:
+        """The larger of the training phase and the rollout phase (resident training state
+        plus the engine's reservation)."""
+        resident = self.components.get("parameters", 0.0) + self.components.get("optimizer state", 0.0)
+        resident += self.components.get("gradients", 0.0)
+        return max(self.training_peak, resident + self.rollout_bytes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "gpu_gb": {k: round(v / GB, 2) for k, v in self.components.items()},
+            "cpu_gb_per_rank": {k: round(v / GB, 2) for k, v in self.cpu_components.items()},
+            "rollout_engine_gb": round(self.rollout_bytes / GB, 2),
+            "training_peak_gb": round(self.training_peak / GB, 2),
+            "peak_gb": round(self.peak / GB, 2),
+        }
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the estimate depends on besides the model shape."""
+
+    num_gpus: int
+    micro_batch: int
+    seq_len: int
+    compute_bytes: int = 2  # bf16 on GPU
+    gradient_checkpointing: bool = True
+    rollout_mem_fraction: float = 0.0  # 0 when the rollout engine is not colocated on the GPU
+    gpu_memory_gb: float = 80.0
+
+
+def estimate(
+    shape: ModelShape,
+    geometry: Geometry,
+    *,
+    param_offload: bool,
+    optimizer_offload: bool,
+    activation_offload: bool,
+    label: str = "",
+) -> MemoryEstimate:
+    """Bytes per training GPU for one offload setting (see the module docstring)."""
+    n = max(geometry.num_gpus, 1)
+    p = shape.num_params
+    c = geometry.compute_bytes
+    b, s, h = geometry.micro_batch, geometry.seq_len, shape.hidden_size
+    layers_in_flight = 2  # the current layer and the prefetched next one
+
+    sharded_params = 4.0 * p / n
+    sharded_grads = 4.0 * p / n
+    optimizer = 8.0 * p / n
+    gpu: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    (cpu if param_offload else gpu)["parameters"] = sharded_params
+    (cpu if param_offload else gpu)["gradients"] = sharded_grads
+    (cpu if optimizer_offload else gpu)["optimizer state"] = optimizer
+    gpu["unsharded layers in flight"] = layers_in_flight * shape.layer_params * c * 2.0  # weights + grads
+
+    if geometry.gradient_checkpointing:
+        boundaries = shape.num_layers * b * s * h * c
+        (cpu if activation_offload else gpu)["activations (layer boundaries)"] = boundaries
+        gpu["activations (one layer recomputed)"] = 34.0 * b * s * h
+    else:
+        gpu["activations (all layers)"] = 34.0 * b * s * h * shape.num_layers
+    gpu["logits, log-softmax and their gradient"] = 12.0 * b * s * shape.vocab_size
+
+    rollout = geometry.rollout_mem_fraction * geometry.gpu_memory_gb * GB
+    return MemoryEstimate(label=label, components=gpu, cpu_components=cpu, rollout_bytes=rollout)
+
+
+def estimate_both(shape: ModelShape, geometry: Geometry, actor: Any) -> list[MemoryEstimate]:
+    """The recipe's offload setting and the setting with every offload off."""
+    recipe = estimate(
+        shape, geometry,
+        param_offload=bool(actor.param_offload),
+        optimizer_offload=bool(actor.optimizer_offload),
+        activation_offload=bool(actor.activation_offload),
+        label="as configured",
+    )
+    none = estimate(shape, geometry, param_offload=False, optimizer_offload=False,
+                    activation_offload=False, label="no offload")
+    full = estimate(shape, geometry, param_offload=True, optimizer_offload=True,
+                    activation_offload=geometry.gradient_checkpointing, label="all offloads")
+    return [recipe, none, full]
+
+
+def geometry_from_config(config: Any) -> Geometry:
+    """Batch geometry of a validated ``RunConfig``: training GPUs, micro-batch, longest episode."""
+    trainer = config.trainer
+    training_gpus = len(trainer.gpu_ids) if trainer.gpu_ids else trainer.n_gpus_per_node
+    num_gpus = max(training_gpus, 1) * trainer.nnodes
+    colocated = config.rollout.backend == "sglang"
+    on_gpu = training_gpus > 0
+    return Geometry(
+        num_gpus=num_gpus,
+        micro_batch=config.actor.ppo_micro_batch_size_per_gpu,
+        seq_len=config.rollout.max_episode_tokens,
+        compute_bytes=2 if on_gpu else 4,
+        gradient_checkpointing=config.actor.gradient_checkpointing,
+        rollout_mem_fraction=config.rollout.gpu_memory_utilization if colocated else 0.0,
+        gpu_memory_gb=float(getattr(trainer, "gpu_memory_gb", 80.0)),
+    )
+
+
+def estimate_for_config(config: Any) -> tuple[ModelShape | None, Geometry, list[MemoryEstimate]]:
+    """Everything the dry run prints about memory; no estimates when the shape is unknown."""
+    shape = find_model_shape(config.model.path)
+    geometry = geometry_from_config(config)
+    if shape is None:
+        return None, geometry, []
+    return shape, geometry, estimate_both(shape, geometry, config.actor)
+
+
+def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: list[MemoryEstimate]) -> str:
+    """A plain-text table for the dry run."""
+    if shape is None:
+        return ("memory estimate: model shape unknown (no config.json at model.path and not in the "
+                "built-in table)")
+    lines = [
+        f"memory estimate per training GPU: {shape.name}, {shape.num_params / 1e9:.2f}B parameters "
+        f"(shape from {shape.source})",
+        f"  {geometry.num_gpus} training GPU(s), micro-batch {geometry.micro_batch} x {geometry.seq_len} "
+        f"tokens, gradient checkpointing {'on' if geometry.gradient_checkpointing else 'off'}, "
+        f"{geometry.gpu_memory_gb:g} GB per GPU",
+    ]
+    names: list[str] = []
+    for est in estimates:
+        for name in list(est.components) + list(est.cpu_components):
+            if name not in names:
+                names.append(name)
+    header = f"  {'component':<42}" + "".join(f"{e.label:>16}" for e in estimates)
+    lines.append(header)
+    for name in names:
+        cells = []
+        for est in estimates:
+            if name in est.components:
+                cells.append(f"{est.components[name] / GB:>13.2f} GB")
+            elif name in est.cpu_components:
+                cells.append(f"{'(CPU) ' + format(est.cpu_components[name] / GB, '.2f'):>13} GB")
+            else:
+                cells.append(f"{'-':>16}")
+        lines.append(f"  {name:<42}" + "".join(cells))
+    lines.append(f"  {'training phase total':<42}" + "".join(f"{e.training_peak / GB:>13.2f} GB" for e in estimates))
+    lines.append(f"  {'rollout engine (released while training)':<42}"
+                 + "".join(f"{e.rollout_bytes / GB:>13.2f} GB" for e in estimates))
+    lines.append(f"  {'peak of the two phases':<42}" + "".join(f"{e.peak / GB:>13.2f} GB" for e in estimates))
+    over = [e.label for e in estimates if e.peak > geometry.gpu_memory_gb * GB]
+    if over:
+        lines.append(f"  does not fit in {geometry.gpu_memory_gb:g} GB: {', '.join(over)}")
+    return "\n".join(lines)
