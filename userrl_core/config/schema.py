@@ -375,6 +375,22 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Console, files, wandb.")
 
     @model_validator(mode="after")
+    def _guard_changes_name_real_keys(self) -> "RunConfig":
+        for rule_name, rule in self.guard.rules.items():
+            for key in rule.changes:
+                node: Any = self
+                for part in key.split("."):
+                    fields = type(node).model_fields if isinstance(node, BaseModel) else {}
+                    if part not in fields:
+                        raise ValueError(f"guard.rules.{rule_name}.changes: {key!r} is not a config key")
+                    node = getattr(node, part)
+                if isinstance(rule.changes[key], str) and rule.changes[key].startswith("*") and (
+                    isinstance(node, bool) or not isinstance(node, (int, float))
+                ):
+                    raise ValueError(f"guard.rules.{rule_name}.changes: {key!r} is not numeric, cannot scale it")
+        return self
+
+    @model_validator(mode="after")
     def _batch_geometry(self) -> "RunConfig":
         if self.actor.ppo_mini_batch_size > self.data.train_batch_size:
             raise ValueError(

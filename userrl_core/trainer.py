@@ -1,0 +1,495 @@
+"""The training loop: rollout → credit assignment → update → validate → checkpoint → hooks.
+
+One step takes ``data.train_batch_size`` tasks, samples ``rollout.n`` episodes of each with the
+async rollout engine, leaves out episodes whose simulator failed (and by default their GRPO
+group), turns turn rewards into per-token advantages with the recipe's turn-credit and
+trajectory-score methods (UserRL's ``grpo_multiturn``), recomputes old log-probs with the
+training model, and runs the PPO update. Validation, checkpoints and lifecycle hooks (the
+stability guard among them) follow. Everything a person needs afterwards lands in the run
+folder; ``report.md`` is written at the end whatever the outcome.
+
+Resuming (``--resume``) restores weights, optimizer, scheduler, RNG streams and the data cursor
+from the latest checkpoint, so the run continues with the same data order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from userrl_core import batching
+from userrl_core.algorithms.advantages import grpo_multiturn_advantages
+from userrl_core.checkpoint import CheckpointManager
+from userrl_core.config import RunConfig, check_plugin_names
+from userrl_core.data import load_tasks
+from userrl_core.errors import RunStopped, UserError
+from userrl_core.metrics import RunRecorder, console_line, simulator_delta
+from userrl_core.plugins import PluginManager, get_plugin_manager
+from userrl_core.registry import Kind
+from userrl_core.rollout import RolloutEngine
+from userrl_core.run import RunHandle
+from userrl_core.types import Episode, EpisodeStatus, Task
+
+log = logging.getLogger("userrl")
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Building the pieces (shared with `userrl eval`)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Components:
+    config: RunConfig
+    plugins: PluginManager
+    simulator: Any
+    training: Any
+    rollout: Any
+    engine: RolloutEngine
+
+
+def apply_system_prompt(tasks: list[Task], system_prompt: str | None) -> list[Task]:
+    """Replace (or add) each task's system message when the recipe gives one."""
+    if system_prompt is None:
+        return tasks
+    out = []
+    for task in tasks:
+        rest = [m for m in task.prompt if m.get("role") != "system"]
+        out.append(replace(task, prompt=[{"role": "system", "content": system_prompt}, *rest]))
+    return out
+
+
+def build_components(config: RunConfig, plugins: PluginManager | None = None) -> Components:
+    """Plugins, simulator, backends and rollout engine for a validated config."""
+    plugins = plugins or get_plugin_manager()
+    registry = plugins.registry
+    check_plugin_names(config, registry)
+    sim_config = config.simulator
+    if sim_config.seed is None:
+        sim_config = sim_config.model_copy(update={"seed": config.trainer.seed})
+    simulator = registry.get(Kind.SIMULATOR, sim_config.name, key_path="simulator.name")(config=sim_config)
+    training = registry.get(Kind.TRAINING_BACKEND, config.actor.backend, key_path="actor.backend")(config=config)
+    rollout = registry.get(Kind.ROLLOUT_BACKEND, config.rollout.backend, key_path="rollout.backend")(
+        config=config, trainer=training
+    )
+    engine = RolloutEngine(rollout, registry, simulator, config)
+    return Components(config, plugins, simulator, training, rollout, engine)
+
+
+def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
+    """``val-core/<data_source>/reward/mean@n`` (mean episode score = sum of turn rewards) and
+    ``val-aux`` coverage/turns per data source; failed episodes are counted, not averaged."""
+    out: dict[str, float] = {}
+    by_source: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        by_source.setdefault(episode.task.data_source, []).append(episode)
+    for source, group in sorted(by_source.items()):
+        ok = [e for e in group if e.status is not EpisodeStatus.FAILED]
+        if ok:
+            out[f"val-core/{source}/reward/mean@{n}"] = float(np.mean([e.metrics.get("score", 0.0) for e in ok]))
+            if any("coverage" in e.metrics for e in ok):
+                out[f"val-aux/{source}/coverage/mean@{n}"] = float(np.mean([e.metrics.get("coverage", 0.0) for e in ok]))
+            out[f"val-aux/{source}/turns/mean@{n}"] = float(np.mean([len(e.turns) for e in ok]))
+        out[f"val-aux/{source}/failed_episodes"] = float(len(group) - len(ok))
+    return out
+
+
+def validation_score(metrics: dict[str, float]) -> float | None:
+    """The number the best checkpoint is chosen by: the mean over data sources of val-core rewards."""
+    values = [v for k, v in metrics.items() if k.startswith("val-core/") and "/reward/mean@" in k]
+    return float(np.mean(values)) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs one training run into one run folder."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, components: Components, recipe_path: str | None = None):
+        self.config = config
+        self.run_dir = run_dir
+        self.c = components
+        self.registry = components.plugins.registry
+        self.recipe_path = recipe_path
+        self.handle = RunHandle(config=config, run_dir=run_dir)
+        self.checkpoints = CheckpointManager(run_dir, keep_last=config.trainer.max_ckpt_to_keep)
+        self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
+                                    wandb_mode=config.logging.wandb.mode)
+        self.turn_credit = self.registry.get(Kind.TURN_CREDIT, config.algorithm.turn_credit)
+        self.trajectory_score = self.registry.get(Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score)
+        data = config.data
+        self.train_tasks = apply_system_prompt(
+            load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks).tasks,
+            config.rollout.system_prompt)
+        self.val_tasks = (
+            apply_system_prompt(load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks).tasks,
+                                config.rollout.system_prompt)
+            if data.val_files else []
+        )
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = config.trainer.total_training_steps or self.steps_per_epoch * config.trainer.total_epochs
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0
+        self.last_val: dict[str, float] = {}
+        self.hook_errors: list[str] = []
+        self.started = time.time()
+
+    # ------------------------------------------------------------ geometry and data order
+
+    def _steps_per_epoch(self) -> int:
+        n, b = len(self.train_tasks), self.config.data.train_batch_size
+        steps = n // b if self.config.data.drop_last else -(-n // b)
+        if steps == 0:
+            raise UserError(
+                f"data.train_batch_size ({b}) is larger than the {n} training tasks loaded from "
+                f"{', '.join(self.config.data.train_files)}"
+            )
+        return steps
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if not self.config.data.shuffle:
+            return list(range(len(self.train_tasks)))
+        g = torch.Generator().manual_seed(self.config.trainer.seed * 100_003 + epoch)
+        return torch.randperm(len(self.train_tasks), generator=g).tolist()
+
+    def _batch(self, epoch: int, index: int) -> list[Task]:
+        b = self.config.data.train_batch_size
+        order = self._epoch_order(epoch)[index * b:(index + 1) * b]
+        return [self.train_tasks[i] for i in order]
+
+    # ------------------------------------------------------------ one step
+
+    async def _train_step(self, tasks: list[Task]) -> dict[str, float]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        sim_before = self.c.simulator.stats()
+        result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step)
+        t_rollout = time.perf_counter() - t0
+        metrics: dict[str, float] = dict(result.metrics)
+        metrics.update(simulator_delta(sim_before, self.c.simulator.stats()))
+        episodes = result.episodes
+        self.recorder.transcripts("step", self.step, episodes, cfg.logging.transcripts_per_step)
+
+        selection = batching.select_for_training(episodes, cfg.algorithm.exclude_failed)
+        metrics["simulator/excluded_episodes"] = float(selection.excluded_failed + selection.excluded_by_group)
+        metrics["simulator/failed_episodes"] = float(selection.excluded_failed)
+        self._check_failure_rate(metrics, episodes)
+        kept = selection.kept
+        metrics["critic/rewards/mean"] = _mean([e.metrics.get("score", sum(e.turn_rewards)) for e in kept])
+        if not kept:
+            log.warning("step %d: every episode was excluded (simulator failures); no update", self.step)
+            metrics["actor/skipped_update"] = 1.0
+            return metrics
+
+        rewards, turn_mask = batching.turn_tensors(kept)
+        gamma = cfg.algorithm.gamma
+        credits = self.turn_credit(rewards, turn_mask, gamma=gamma)
+        scores = self.trajectory_score(rewards, turn_mask, gamma=gamma)
+        batch = batching.token_tensors(kept, pad_id=self._pad_id())
+        token_turn = batching.token_turn_index(kept, batch.input_ids.shape[1])
+        groups = torch.tensor([e.group for e in kept], dtype=torch.long)
+        batch.advantages = grpo_multiturn_advantages(
+            token_turn, credits, scores, groups, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
+        ).to(torch.float32)
+        metrics["critic/score/mean"] = float(scores.mean())
+        metrics["critic/score/max"] = float(scores.max())
+        metrics["critic/score/min"] = float(scores.min())
+        mask = batch.loss_mask.bool()
+        metrics["critic/advantages/mean"] = float(batch.advantages[mask].mean()) if mask.any() else 0.0
+        metrics["critic/advantages/max"] = float(batch.advantages[mask].max()) if mask.any() else 0.0
+        metrics["critic/advantages/min"] = float(batch.advantages[mask].min()) if mask.any() else 0.0
+
+        t1 = time.perf_counter()
+        batch.old_logprobs = self.c.training.compute_logprobs(batch)
+        if cfg.actor.use_kl_loss:
+            batch.ref_logprobs = self.c.training.compute_logprobs(batch, reference=True)
+        t2 = time.perf_counter()
+        metrics.update(self.c.training.update(batch))
+        t3 = time.perf_counter()
+        self.c.rollout.sync_weights(self.c.training)
+        t4 = time.perf_counter()
+
+        tokens = float(batch.attention_mask.sum())
+        metrics.update({
+            "timing_s/rollout": t_rollout,
+            "timing_s/old_log_prob": t2 - t1,
+            "timing_s/update_actor": t3 - t2,
+            "timing_s/sync_weights": t4 - t3,
+            "perf/total_num_tokens": tokens,
+        })
+        return metrics
+
+    def _check_failure_rate(self, metrics: dict[str, float], episodes: list[Episode]) -> None:
+        rate = metrics.get("simulator/failure_rate", 0.0)
+        limit = self.config.trainer.max_simulator_failure_rate
+        if rate > limit:
+            last = next((e.error for e in reversed(episodes) if e.error), "no error text recorded")
+            raise RunStopped(
+                f"step {self.step}: {rate:.0%} of simulator calls failed (limit "
+                f"trainer.max_simulator_failure_rate={limit:.0%}); simulator {self.config.simulator.name!r}, "
+                f"last error: {last}"
+            )
+
+    def _pad_id(self) -> int:
+        tok = self.c.rollout.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    async def _validate(self) -> dict[str, float]:
+        if not self.val_tasks:
+            return {}
+        t0 = time.perf_counter()
+        n = self.config.rollout.val_n
+        sim_before = self.c.simulator.stats()
+        result = await self.c.engine.run(self.val_tasks, n, seed=self.config.trainer.seed, validation=True)
+        metrics = validation_metrics(result.episodes, n)
+        for key, value in simulator_delta(sim_before, self.c.simulator.stats()).items():
+            metrics[key.replace("simulator/", "val-aux/simulator/")] = value
+        metrics["timing_s/validation"] = time.perf_counter() - t0
+        self.recorder.transcripts("val_step", self.step, result.episodes, self.config.logging.transcripts_per_step)
+        self.last_val = metrics
+        score = validation_score(metrics)
+        if score is not None and (self.handle.best_score is None or score > self.handle.best_score):
+            self.handle.best_score, self.handle.best_step = score, self.step
+        self._hooks("on_validation_end", step=self.step, metrics=metrics)
+        return metrics
+
+    # ------------------------------------------------------------ checkpoints and resume
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        self.c.training.save_hf(folder / "hf")
+        self.c.training.save_state(folder)
+        torch.save({
+            "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+            "best_step": self.handle.best_step, "best_score": self.handle.best_score,
+            "rollbacks": self.handle.rollbacks,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }, folder / TRAINER_STATE)
+
+    def _save(self, is_best: bool) -> None:
+        t0 = time.perf_counter()
+        meta = {"step": self.step, "val_score": validation_score(self.last_val)}
+        path = self.checkpoints.save(self.step, self._write_checkpoint, meta)
+        self._hooks("on_checkpoint_saved", step=self.step, path=path, is_best=False)
+        if is_best:
+            best = self.checkpoints.save_best(self.step, self.handle.best_score, self._write_checkpoint)
+            self._hooks("on_checkpoint_saved", step=self.step, path=best, is_best=True)
+        log.info("checkpoint step %d saved in %.1fs%s", self.step, time.perf_counter() - t0, " (best)" if is_best else "")
+
+    def _restore(self, folder: Path) -> None:
+        self.c.training.load_hf(folder / "hf")
+        self.c.training.load_state(folder)
+        self.c.rollout.sync_weights(self.c.training)
+        state = torch.load(folder / TRAINER_STATE, weights_only=False)
+        self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+        self.handle.best_step, self.handle.best_score = state["best_step"], state["best_score"]
+        self.handle.rollbacks = state.get("rollbacks", 0)
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def _rollback(self, changes: dict[str, Any]) -> None:
+        best = self.checkpoints.best()
+        if best is None:
+            raise RunStopped("roll-back requested but no best checkpoint exists yet; stopping instead")
+        step_now = self.step
+        self._restore(best)
+        self.handle.rollbacks += 1
+        self.config = apply_changes(self.config, changes)
+        self.c.training.apply_config(self.config)
+        self.handle.config = self.config
+        log.warning("rolled back from step %d to best step %d with changes %s", step_now, self.step, changes)
+        self.step = step_now  # the step counter keeps counting: metrics stay monotonic
+
+    # ------------------------------------------------------------ hooks
+
+    def _hooks(self, name: str, **kwargs: Any) -> None:
+        self.handle.step = self.step
+        self.hook_errors += self.c.plugins.call_lifecycle(name, run=self.handle, **kwargs)
+        self._write_decisions()
+
+    def _write_decisions(self) -> None:
+        with (self.run_dir / "decisions.jsonl").open("w", encoding="utf-8") as f:
+            for decision in self.handle.decisions:
+                f.write(json.dumps(decision.as_dict(), default=str) + "\n")
+
+    def _act_on_pending(self) -> None:
+        decision, self.handle.pending = self.handle.pending, None
+        if decision is None:
+            return
+        if decision.action == "stop":
+            raise RunStopped(f"step {decision.step}: {decision.rule}: {decision.message}")
+        if decision.action == "rollback":
+            self._rollback(decision.changes)
+
+    # ------------------------------------------------------------ the run
+
+    async def run(self, resume: bool) -> dict[str, Any]:
+        cfg = self.config.trainer
+        if resume:
+            latest = self.checkpoints.latest()
+            if latest is None:
+                raise UserError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            self._restore(latest)
+            self.batch_index += 1
+            if self.batch_index >= self.steps_per_epoch:
+                self.epoch, self.batch_index = self.epoch + 1, 0
+            log.info("resumed from %s at step %d", latest, self.step)
+        else:
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed)
+            torch.manual_seed(cfg.seed)
+        self._hooks("on_run_start")
+        if cfg.val_before_train and self.step == 0 and self.val_tasks:
+            val = await self._validate()
+            self.recorder.log(0, 0, val)
+            log.info(console_line(0, self.total_steps, val))
+            self._act_on_pending()
+
+        while self.step < self.total_steps:
+            if self.batch_index >= self.steps_per_epoch:
+                self.epoch, self.batch_index = self.epoch + 1, 0
+            tasks = self._batch(self.epoch, self.batch_index)
+            self.step += 1
+            self.handle.step = self.step
+            t0 = time.perf_counter()
+            metrics = await self._train_step(tasks)
+            last = self.step == self.total_steps
+            if self._due(cfg.test_freq, last):
+                metrics.update(await self._validate())
+            best_now = self.handle.best_step == self.step
+            if self._due(cfg.save_freq, last) or best_now:
+                self._save(is_best=best_now)
+            elapsed = time.perf_counter() - t0
+            metrics["perf/time_per_step"] = elapsed
+            metrics["perf/throughput"] = metrics.get("perf/total_num_tokens", 0.0) / max(elapsed, 1e-9)
+            metrics["training/epoch"] = float(self.epoch)
+            self.recorder.log(self.step, self.epoch, metrics)
+            log.info(console_line(self.step, self.total_steps, metrics))
+            self._hooks("on_step_end", step=self.step, metrics=metrics)
+            self._act_on_pending()
+            self.batch_index += 1
+        return self._summary("finished")
+
+    def _due(self, freq: int, last: bool) -> bool:
+        return last or (freq > 0 and self.step % freq == 0)
+
+    def _summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        stats = self.c.simulator.stats()
+        return {
+            "status": status,
+            "error": error,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "best_step": self.handle.best_step,
+            "best_val_reward": self.handle.best_score,
+            "final_val_reward": validation_score(self.last_val),
+            "wall_time_s": time.time() - self.started,
+            "decisions": [d.as_dict() for d in self.handle.decisions],
+            "rollbacks": self.handle.rollbacks,
+            "hook_errors": self.hook_errors,
+            "simulator": {"name": self.config.simulator.name, **stats},
+            "run_dir": str(self.run_dir),
+        }
+
+
+def apply_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with dotted keys changed (``{"actor.lr": 5e-7}``), re-validated.
+
+    The value ``"half"`` halves the current number (the guard's default for ``actor.lr``).
+    """
+    from userrl_core.config import validate_config
+
+    data = config.model_dump(mode="python")
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if leaf not in node:
+            raise UserError(f"guard change names unknown key {dotted!r}")
+        node[leaf] = node[leaf] / 2 if value == "half" else value
+    return validate_config(data, source="guard changes")
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
+
+
+def _run_dir(config: RunConfig, run_dir: str | None) -> Path:
+    if run_dir or config.trainer.run_dir:
+        return Path(run_dir or config.trainer.run_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(config.trainer.default_local_dir) / f"{config.trainer.experiment_name}-{stamp}"
+
+
+def _write_config(config: RunConfig, run_dir: Path) -> None:
+    """The resolved config; it holds variable names for secrets, never their values."""
+    with (run_dir / "config.yaml").open("w", encoding="utf-8") as f:
+        yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
+
+
+def run_training(config: RunConfig, *, recipe_path: str | None = None, resume: bool = False,
+                 run_dir: str | None = None) -> dict[str, Any]:
+    """Train into a run folder and return the summary (also written to ``summary.json``)."""
+    folder = _run_dir(config, run_dir)
+    if resume and not folder.exists():
+        raise UserError(f"--resume: run folder not found: {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_config(config, folder)
+    components = build_components(config)
+    trainer = Trainer(config, folder, components, recipe_path)
+    status, error = "finished", None
+    try:
+        summary = asyncio.run(trainer.run(resume))
+    except RunStopped as exc:
+        status, error = "stopped", str(exc)
+        log.warning("run stopped: %s", exc)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary = trainer._summary(status, error)
+        _finish(trainer, summary)
+    return summary
+
+
+def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
+    """Close everything and write the summary and the report, whatever happened."""
+    try:
+        trainer._hooks("on_run_end", status=summary["status"], summary=summary)
+    finally:
+        summary["decisions"] = [d.as_dict() for d in trainer.handle.decisions]
+        (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        trainer.recorder.close()
+        try:
+            asyncio.run(trainer.c.simulator.aclose())
+        except Exception as exc:  # closing must not hide the run's own outcome
+            log.warning("closing the simulator failed: %s", exc)
+        if trainer.config.trainer.report:
+            try:
+                from userrl_core.report import write_report
+
+                path = write_report(trainer.run_dir)
+                summary["report"] = str(path)
+            except Exception as exc:  # a report failure must not hide the run's own outcome
+                log.error("writing the report failed: %s: %s", type(exc).__name__, exc)
