@@ -253,8 +253,9 @@ class GenerationRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     do_sample: bool = True
-    stop_token_ids: list[int] = field(default_factory=list)
-    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)  # empty: the tokenizer's eos token
+    seed: int | None = None  # seeds this call's sampling without touching the global RNG stream
+    return_logprobs: bool = True  # per-token sampling log-probs (costs batch x tokens x vocab memory)
 
 
 @dataclass
@@ -267,7 +268,12 @@ class GenerationResult:
 
 
 class RolloutBackend(Protocol):
-    """Generates turns for many episodes at once. ``tokenizer`` is a HF tokenizer."""
+    """Generates turns for many episodes at once. ``tokenizer`` is a HF tokenizer.
+
+    ``generate`` continues every prompt by one turn: sampled ids end with the first stop id
+    (kept) or at ``max_new_tokens``. ``sync_weights(training)`` is called after every update
+    so the next rollout samples from the new policy (a no-op when both share one model).
+    """
 
     tokenizer: Any
 
@@ -278,9 +284,15 @@ class RolloutBackend(Protocol):
 
 @dataclass
 class TrainBatch:
-    """Padded token batch for one update, built from episodes by the trainer.
+    """Padded token batch for one training step, built from episodes by the trainer.
 
-    All tensors are ``[batch, seq]`` except ``advantages`` which is per token too.
+    One row per episode, right-padded, in group order (the ``rollout.n`` episodes of a task
+    next to each other). All tensors are ``[batch, seq]`` torch tensors aligned with
+    ``input_ids``: ``loss_mask[b, t]`` is 1 where token ``t`` was sampled by the policy,
+    ``advantages[b, t]`` its advantage, ``old_logprobs``/``ref_logprobs[b, t]`` the log-prob of
+    token ``t`` given the tokens before it (0 at ``t = 0``), as ``compute_logprobs`` returns
+    them. ``group_ids`` (``[batch]``, optional) lets mini-batches hold whole GRPO groups when
+    failed episodes left some groups short.
     """
 
     input_ids: Any
@@ -289,18 +301,42 @@ class TrainBatch:
     advantages: Any
     old_logprobs: Any | None = None
     ref_logprobs: Any | None = None
+    group_ids: Any | None = None
 
 
 class TrainingBackend(Protocol):
-    """Holds the trainable policy: log-probs, updates, checkpoints."""
+    """Holds the trainable policy. Per training step the trainer calls::
+
+        batch.old_logprobs = training.compute_logprobs(batch)
+        batch.ref_logprobs = training.compute_logprobs(batch, reference=True)  # use_kl_loss only
+        metrics = training.update(batch)        # actor/* metrics
+        rollout.sync_weights(training)
+
+    and for checkpoints ``save_hf(dir)`` (model + tokenizer, loadable by
+    ``AutoModelForCausalLM.from_pretrained``), ``state_dict()`` / ``load_state_dict(state)``
+    (optimizer and scheduler, picklable with ``torch.save``; ``save_state(dir)`` /
+    ``load_state(dir)`` write and read it as one file) and ``load_hf(dir)`` to put saved
+    weights back in place (roll-back, resume). RNG states and the data cursor are the
+    trainer's to save.
+    """
+
+    tokenizer: Any
 
     def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Any: ...
 
     def update(self, batch: TrainBatch) -> dict[str, float]: ...
 
-    def save(self, path: str, *, hf: bool = True) -> None: ...
+    def save_hf(self, path: Any) -> None: ...
 
-    def load(self, path: str) -> None: ...
+    def load_hf(self, path: Any) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save_state(self, path: Any) -> None: ...
+
+    def load_state(self, path: Any) -> None: ...
 
 
 BackendFactory = Callable[..., Any]
