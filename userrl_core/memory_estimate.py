@@ -16,9 +16,10 @@ What is counted, per training GPU (``N`` = training GPUs, ``P`` = parameters):
   layer recomputed in full; without, every layer's saved tensors (``34·s·h`` bytes per layer
   and sequence for a transformer block in 16-bit, Korthikanti et al. 2022, without the
   ``s²`` attention term because SDPA/flash attention does not store the score matrix);
-  the logits of a micro-batch in fp32 with their log-softmax and gradient
-  (``12·s·V`` bytes per sequence) are counted apart because for a 150k vocabulary they are the
-  largest single item;
+  the logits of a micro-batch (bf16, 2 bytes), their fp32 log-softmax (4 bytes) and its
+  gradient (4 bytes), ``10·s·V`` bytes per sequence, are counted apart because for a 150k
+  vocabulary they are the largest single item; ``s`` is the longest episode
+  (``rollout.max_episode_tokens``), so this is the worst case of a micro-batch;
 - rollout engine: a colocated SGLang engine reserves ``mem_fraction × GPU memory`` while it
   generates and releases it during training (the hybrid engine); the peak is the larger of
   the two phases.
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GB = 1024**3
+GB = 1024**3  # GiB, as torch.cuda.memory_allocated()/2**30 reports it
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,11 @@ class MemoryEstimate:
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
-            "gpu_gb": {k: round(v / GB, 2) for k, v in self.components.items()},
-            "cpu_gb_per_rank": {k: round(v / GB, 2) for k, v in self.cpu_components.items()},
-            "rollout_engine_gb": round(self.rollout_bytes / GB, 2),
-            "training_peak_gb": round(self.training_peak / GB, 2),
-            "peak_gb": round(self.peak / GB, 2),
+            "gpu_gib": {k: round(v / GB, 2) for k, v in self.components.items()},
+            "cpu_gib_per_rank": {k: round(v / GB, 2) for k, v in self.cpu_components.items()},
+            "rollout_engine_gib": round(self.rollout_bytes / GB, 2),
+            "training_peak_gib": round(self.training_peak / GB, 2),
+            "peak_gib": round(self.peak / GB, 2),
         }
 
 
@@ -195,7 +196,7 @@ def estimate(
         gpu["activations (one layer recomputed)"] = 34.0 * b * s * h
     else:
         gpu["activations (all layers)"] = 34.0 * b * s * h * shape.num_layers
-    gpu["logits, log-softmax and their gradient"] = 12.0 * b * s * shape.vocab_size
+    gpu["logits, log-softmax and its gradient"] = 10.0 * b * s * shape.vocab_size
 
     rollout = geometry.rollout_mem_fraction * geometry.gpu_memory_gb * GB
     return MemoryEstimate(label=label, components=gpu, cpu_components=cpu, rollout_bytes=rollout)
@@ -254,10 +255,10 @@ def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: lis
         f"(shape from {shape.source})",
         f"  {geometry.num_gpus} training GPU(s), micro-batch {geometry.micro_batch} x {geometry.seq_len} "
         f"tokens, gradient checkpointing {'on' if geometry.gradient_checkpointing else 'off'}, "
-        f"{geometry.gpu_memory_gb:g} GB per GPU",
+        f"{geometry.gpu_memory_gb:g} GiB per GPU",
     ]
     names: list[str] = []
-    for est in estimates:
+    for est in sorted(estimates, key=lambda e: len(e.cpu_components)):  # the no-offload order first
         for name in list(est.components) + list(est.cpu_components):
             if name not in names:
                 names.append(name)
@@ -267,17 +268,17 @@ def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: lis
         cells = []
         for est in estimates:
             if name in est.components:
-                cells.append(f"{est.components[name] / GB:>13.2f} GB")
+                cells.append(f"{est.components[name] / GB:>13.2f} GiB")
             elif name in est.cpu_components:
-                cells.append(f"{'(CPU) ' + format(est.cpu_components[name] / GB, '.2f'):>13} GB")
+                cells.append(f"{'(CPU) ' + format(est.cpu_components[name] / GB, '.2f'):>13} GiB")
             else:
-                cells.append(f"{'-':>16}")
+                cells.append(f"{'-':>17}")
         lines.append(f"  {name:<42}" + "".join(cells))
-    lines.append(f"  {'training phase total':<42}" + "".join(f"{e.training_peak / GB:>13.2f} GB" for e in estimates))
+    lines.append(f"  {'training phase total':<42}" + "".join(f"{e.training_peak / GB:>13.2f} GiB" for e in estimates))
     lines.append(f"  {'rollout engine (released while training)':<42}"
-                 + "".join(f"{e.rollout_bytes / GB:>13.2f} GB" for e in estimates))
-    lines.append(f"  {'peak of the two phases':<42}" + "".join(f"{e.peak / GB:>13.2f} GB" for e in estimates))
+                 + "".join(f"{e.rollout_bytes / GB:>13.2f} GiB" for e in estimates))
+    lines.append(f"  {'peak of the two phases':<42}" + "".join(f"{e.peak / GB:>13.2f} GiB" for e in estimates))
     over = [e.label for e in estimates if e.peak > geometry.gpu_memory_gb * GB]
     if over:
-        lines.append(f"  does not fit in {geometry.gpu_memory_gb:g} GB: {', '.join(over)}")
+        lines.append(f"  does not fit in {geometry.gpu_memory_gb:g} GiB: {', '.join(over)}")
     return "\n".join(lines)

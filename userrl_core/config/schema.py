@@ -148,7 +148,7 @@ class TrainerConfig(Section):
     nnodes: int = Field(1, ge=1, description="Nodes for training.")
     gpu_ids: list[int] | None = Field(None, description="Physical GPU ids for training (e.g. [1, 2]).")
     gpu_memory_gb: float = Field(
-        80.0, gt=0.0, description="Memory of one GPU in GB, for the dry run's per-GPU memory estimate."
+        80.0, gt=0.0, description="Memory of one GPU in GiB, for the dry run's per-GPU memory estimate."
     )
     resume: bool = Field(False, description="Continue from the latest checkpoint in run_dir.")
     max_simulator_failure_rate: float = Field(

@@ -1,0 +1,83 @@
+"""The fast "what is missing" check that GPU recipes hit first on a CPU machine."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from userrl_core.config.compose import load_recipe
+from userrl_core.errors import MissingRequirementError
+from userrl_core.requirements_check import check_requirements, find_missing, model_is_available
+
+
+@pytest.fixture
+def four_b(monkeypatch):
+    monkeypatch.delenv("USERRL_MODEL_PATH", raising=False)
+    monkeypatch.delenv("USERRL_SIMULATOR_MODEL_PATH", raising=False)
+    return load_recipe("recipes/intention_4b.yaml")
+
+
+def test_4b_recipe_on_a_cpu_machine_names_everything_missing(four_b):
+    missing = find_missing(four_b, gpu_count=lambda: 0, module_available=lambda m: False, environ={})
+    keys = {m.key for m in missing}
+    assert keys == {"trainer.gpu_ids", "rollout.backend", "actor.backend", "model.path",
+                    "simulator_server.enabled", "simulator_server.model"}
+    gpu = next(m for m in missing if m.key == "trainer.gpu_ids")
+    assert "[0, 1, 2]" in gpu.what and "0 visible GPU" in gpu.what
+
+
+def test_everything_present_passes(four_b, tmp_path, monkeypatch):
+    policy, sim = tmp_path / "policy", tmp_path / "sim"
+    policy.mkdir(), sim.mkdir()
+    config = four_b.model_copy(deep=True)
+    config.model.path = str(policy)
+    config.simulator_server.model = str(sim)
+    assert find_missing(config, gpu_count=lambda: 3, module_available=lambda m: True, environ={}) == []
+    # two GPUs are not enough: the recipe uses physical ids 0 (simulator), 1 and 2 (training)
+    assert [m.key for m in find_missing(config, gpu_count=lambda: 2, module_available=lambda m: True)] == [
+        "trainer.gpu_ids"]
+
+
+def test_api_key_is_required_only_when_no_server_is_managed(monkeypatch):
+    monkeypatch.delenv("USERRL_MODEL_PATH", raising=False)
+    config = load_recipe("recipes/intention_0.6b_dual_gpu.yaml")
+    missing = find_missing(config, gpu_count=lambda: 2, module_available=lambda m: True, environ={})
+    assert [m.key for m in missing] == ["model.path", "simulator.api_key_env"]
+    assert "DASHSCOPE_API_KEY" in str(missing[1])
+    with_key = find_missing(config, gpu_count=lambda: 2, module_available=lambda m: True,
+                            environ={"DASHSCOPE_API_KEY": "sk-test"})
+    assert [m.key for m in with_key] == ["model.path"]
+
+
+def test_hub_id_in_the_local_cache_counts_as_available(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert not model_is_available("Org/Model")
+    snap = tmp_path / "models--Org--Model" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    assert model_is_available("Org/Model")
+    assert model_is_available("builtin:smollm2-135m-instruct")
+
+
+def test_check_raises_one_error_naming_the_recipe(four_b):
+    with pytest.raises(MissingRequirementError, match=r"intention_4b.yaml cannot run on this machine: .*model.path"):
+        check_requirements(four_b, source="recipes/intention_4b.yaml", gpu_count=lambda: 0, environ={})
+
+
+def test_check_is_fast_and_does_not_import_torch():
+    code = (
+        "import sys, time; t = time.time()\n"
+        "from userrl_core.config.compose import load_recipe\n"
+        "from userrl_core.requirements_check import find_missing\n"
+        "c = load_recipe('recipes/intention_4b.yaml'); m = find_missing(c)\n"
+        "print(len(m), 'torch' in sys.modules, round(time.time() - t, 2))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "USERRL_MODEL_PATH"}
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    count, torch_loaded, _ = out.stdout.split()
+    assert int(count) >= 1 and torch_loaded == "False"
+    assert time.time() - start < 5
