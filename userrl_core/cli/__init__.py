@@ -1,0 +1,1 @@
+"""The ``userrl`` command line: one module per subcommand, wired together in :mod:`.main`."""

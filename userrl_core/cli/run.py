@@ -1,0 +1,75 @@
+"""``userrl run RECIPE [overrides...] [--dry-run] [--resume] [--run-dir DIR]``.
+
+The recipe is composed with its Hydra overrides, validated, and every plugin name in it is
+checked against the registry before anything heavy happens. ``--dry-run`` stops there and
+prints the resolved config and the execution plan (devices, batch geometry, plugins); no model
+is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from userrl_core.config import check_plugin_names, load_recipe
+from userrl_core.config.schema import RunConfig
+from userrl_core.plan import build_plan, format_plan
+from userrl_core.plugins import get_plugin_manager
+from userrl_core.requirements_check import check_requirements
+
+EXIT_BY_STATUS = {"finished": 0, "stopped": 0, "failed": 1, "interrupted": 130}
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="Train from a recipe (or --dry-run: print the resolved config and the plan).",
+        description="Train from a recipe. Overrides are Hydra overrides: trainer.total_epochs=3 simulator=dashscope.",
+    )
+    parser.add_argument("recipe", help="Recipe YAML file.")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys or config groups).")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Validate and print the resolved config and the execution plan; load no model.")
+    parser.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in the run folder.")
+    parser.add_argument("--run-dir", default=None, help="Run folder (default: trainer.run_dir or a new folder).")
+    parser.set_defaults(func=run_command)
+
+
+def load_checked_recipe(recipe: str, overrides: list[str]) -> tuple[RunConfig, Any]:
+    """Compose, validate and check plugin names; returns the config and the plugin manager."""
+    config = load_recipe(recipe, overrides)
+    manager = get_plugin_manager()
+    check_plugin_names(config, manager.registry, source=recipe)
+    return config, manager
+
+
+def count_train_tasks(config: RunConfig, registry: Any) -> int:
+    """Reads the train files (not the model) to size the epoch."""
+    from userrl_core.data import load_tasks
+
+    tasks = load_tasks(config.data.train_files, registry, max_tasks=config.data.train_max_tasks, env_settings=config.env)
+    return len(tasks)
+
+
+def resolved_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML. It holds environment-variable names, never secret values."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config, manager = load_checked_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        plan = build_plan(config, manager, num_train_tasks=count_train_tasks(config, manager.registry))
+        print("# Resolved config")
+        print(resolved_yaml(config))
+        print(format_plan(plan))
+        return 0
+    check_requirements(config, source=args.recipe)  # GPUs, extras, model, API key: fail in seconds
+    from userrl_core.trainer import run_training
+
+    summary = run_training(config, recipe_path=args.recipe, resume=args.resume, run_dir=args.run_dir)
+    status = summary.get("status", "finished")
+    print(f"run {status}: {summary.get('run_dir')}")
+    return EXIT_BY_STATUS.get(status, 1)

@@ -1,0 +1,139 @@
+"""``userrl simulate ENV_NAME``: play one episode of an environment by hand.
+
+Generic over environments: the agent's actions come from stdin, one per line — a plain line is
+an ``action`` (a question, a guess, a move), ``/answer TEXT`` gives an answer and ``/finish``
+ends the episode. Each turn prints the environment's reply, the reward, ``done`` and the step's
+info; the end prints the environment's ``metrics()``. Useful to check an environment plugin
+and a simulator before training against them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from userrl_core.config.schema import SimulatorConfig
+from userrl_core.errors import DataError, UserError
+from userrl_core.plugins import get_plugin_manager
+from userrl_core.registry import Kind
+from userrl_core.types import Action, StepStatus, Task
+
+NO_SIMULATOR = "none"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="Play one episode of an environment by hand (actions from stdin).",
+        description="Actions from stdin, one per line: a plain line is an action, "
+        "'/answer TEXT' answers, '/finish' ends the episode.",
+    )
+    parser.add_argument("env_name", help="Environment name, as registered (e.g. IntentionGym).")
+    parser.add_argument("--tasks", default=None,
+                        help="Task file (parquet, JSON or JSONL); default: the environment's own default tasks.")
+    parser.add_argument("--task", default=None, help="Task id to play (default: the first task of ENV_NAME).")
+    parser.add_argument("--simulator", default=None,
+                        help=f"Simulator name (default: the recipe's, else 'local'); '{NO_SIMULATOR}' for "
+                        "environments that need no simulator.")
+    parser.add_argument("--recipe", default=None, help="Recipe whose simulator and env settings to use.")
+    parser.add_argument("--seed", type=int, default=0, help="Episode seed.")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe.")
+    parser.set_defaults(func=simulate_command)
+
+
+def parse_action(line: str) -> Action:
+    """``/answer TEXT`` -> answer, ``/finish`` -> finish, anything else -> action."""
+    text = line.strip()
+    if text == "/finish":
+        return Action("finish", "")
+    if text.startswith("/answer"):
+        return Action("answer", text[len("/answer"):].strip())
+    return Action("action", text)
+
+
+def _settings(args: argparse.Namespace) -> tuple[SimulatorConfig | None, dict[str, dict[str, Any]]]:
+    if args.recipe is None:
+        if args.overrides:
+            raise UserError(f"overrides {args.overrides} need --recipe")
+        name = args.simulator or SimulatorConfig().name
+        return (None if name == NO_SIMULATOR else SimulatorConfig(name=name)), {}
+    from userrl_core.config import load_recipe
+
+    config = load_recipe(args.recipe, args.overrides)
+    if args.simulator == NO_SIMULATOR:
+        return None, config.env
+    simulator = config.simulator
+    if args.simulator:
+        simulator = simulator.model_copy(update={"name": args.simulator})
+    return simulator, config.env
+
+
+def pick_task(tasks: list[Task], env_name: str, task_id: str | None, source: str) -> Task:
+    mine = [t for t in tasks if t.env_name == env_name]
+    if not mine:
+        raise DataError(f"{source}: no task with env_name {env_name!r}")
+    if task_id is None:
+        return mine[0]
+    for task in mine:
+        if task.id == task_id:
+            return task
+    shown = ", ".join(t.id for t in mine[:10]) + (", ..." if len(mine) > 10 else "")
+    raise DataError(f"--task: no task {task_id!r} in {source}; ids: {shown}")
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from userrl_core.data import load_tasks
+
+    registry = get_plugin_manager().registry
+    factory = registry.get(Kind.ENVIRONMENT, args.env_name, key_path="ENV_NAME")
+    sim_config, env_settings = _settings(args)
+    tasks_file = args.tasks or getattr(factory, "default_tasks", None)
+    if tasks_file is None:
+        raise UserError(f"--tasks is required: environment {args.env_name!r} has no default tasks")
+    task_set = load_tasks([str(tasks_file)], registry, env_settings=env_settings)
+    task = pick_task(task_set.tasks, args.env_name, args.task, str(tasks_file))
+    simulator = None
+    if sim_config is not None:
+        sim_factory = registry.get(Kind.SIMULATOR, sim_config.name, key_path="--simulator")
+        simulator = sim_factory(config=sim_config)
+    env = factory(task=task, simulator=simulator, settings=env_settings.get(args.env_name, {}), seed=args.seed)
+    return asyncio.run(_play(env, task, simulator))
+
+
+async def _play(env: Any, task: Task, simulator: Any) -> int:
+    interactive = sys.stdin.isatty()
+    try:
+        messages = await env.reset()
+        print(f"task {task.id} ({task.env_name}, {task.data_source})")
+        for message in messages:
+            print(f"[{message['role']}] {message['content']}")
+        turn = 0
+        while True:
+            if interactive:
+                print("agent> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                print("end of input: episode not finished")
+                break
+            if not line.strip():
+                continue
+            turn += 1
+            action = parse_action(line)
+            result = await env.step(action)
+            print(f"turn {turn}: {action.choice} {action.content!r}")
+            if result.status is not StepStatus.OK:
+                print(f"  step failed ({result.status.value}): {result.error}")
+            print(f"  reply: {result.observation}")
+            print(f"  reward: {result.reward}  done: {result.done}")
+            if result.info:
+                print(f"  info: {json.dumps(result.info, default=str, sort_keys=True)}")
+            if result.done:
+                break
+        print(f"metrics: {json.dumps(env.metrics(), default=str, sort_keys=True)}")
+    finally:
+        if simulator is not None:
+            await simulator.aclose()
+    return 0
