@@ -1,0 +1,357 @@
+"""The async multi-turn rollout engine: tasks × n samples in, finished token-space episodes out.
+
+All episodes of a step advance together, turn by turn. At each turn the policy generates for
+every live episode in one batch (chunked by ``rollout.generation_batch_size``); then all
+environment steps of the turn (simulator and judge calls) run concurrently, at most
+``simulator.max_concurrency`` at a time. Episodes end independently: the environment says done
+(``finish``, all details covered, ...), ``rollout.max_turns`` is reached, the next turn would not
+fit ``rollout.max_episode_tokens``, the reply had no action (``rollout.on_no_action: end``), or a
+simulator call failed (the episode is then ``FAILED`` and the trainer leaves it out).
+
+Token bookkeeping is in :mod:`userrl_core.rollout.tokens`, action parsing in
+:mod:`userrl_core.rollout.actions`, metrics in :mod:`userrl_core.rollout.summary`.
+docs/rollout.md explains the whole path from a reply to tokens and masks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from userrl_core.registry import Kind, Registry
+from userrl_core.rollout.actions import INTERACT_WITH_ENV_TOOL, error_message, parse_reply, reminder_message
+from userrl_core.rollout.summary import SIMULATOR_ERROR_KEY, RolloutCounters, rollout_metrics, validation_metrics
+from userrl_core.rollout.tokens import ChatTokens
+from userrl_core.types import (
+    Action,
+    Environment,
+    Episode,
+    EpisodeStatus,
+    GenerationRequest,
+    Message,
+    RolloutBackend,
+    Simulator,
+    SimulatorError,
+    StepResult,
+    StepStatus,
+    Task,
+    Turn,
+)
+
+
+@dataclass
+class RolloutResult:
+    """The episodes of one rollout (ordered by group, then sample) and its metrics."""
+
+    episodes: list[Episode]
+    metrics: dict[str, float]
+
+
+@dataclass
+class _Live:
+    """An episode while it runs: the growing token arrays and its environment."""
+
+    episode: Episode
+    env: Environment
+    logprobs: list[float] | None
+    finished: bool = False
+    turn_closed: bool = True  # the last sampled turn ended with the end-of-turn token
+    feedback: Message | None = None  # the message to append before the next turn
+    mismatch: bool = False
+
+    @property
+    def ids(self) -> list[int]:
+        return self.episode.token_ids
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from a tuple of ints and strings (same inputs, same seed)."""
+    return random.Random(":".join(str(p) for p in parts)).getrandbits(31)
+
+
+class RolloutEngine:
+    """Runs episodes for a batch of tasks with one policy backend and one simulator."""
+
+    def __init__(self, backend: RolloutBackend, registry: Registry, simulator: Simulator, config: Any) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.simulator = simulator
+        self.config = config
+        self.settings = config.rollout
+        tool_mode = self.settings.action_format == "tool_call"
+        self.tokens = ChatTokens(
+            backend.tokenizer,
+            tools=[INTERACT_WITH_ENV_TOOL] if tool_mode else None,
+            chat_template=config.model.chat_template,
+        )
+        self.observation_role = "tool" if tool_mode and self.tokens.supports_tool_role else "user"
+        self._closing = self.tokens.closing_ids()
+
+    # ---------------------------------------------------------------------------------------
+    # The turn loop
+    # ---------------------------------------------------------------------------------------
+
+    async def run(self, tasks: list[Task], n: int | None = None, *, seed: int,
+                  validation: bool = False) -> RolloutResult:
+        """Run ``n`` episodes of every task (``rollout.n``, or ``rollout.val_n`` when
+        ``validation``); episode ``group`` is the task's index in ``tasks``."""
+        if n is None:
+            n = self.settings.val_n if validation else self.settings.n
+        started = time.perf_counter()
+        counters = RolloutCounters()
+        live = self._create(tasks, n, seed)
+        await self._reset_all(live)
+        turn = 0
+        while True:
+            for state in live:
+                if not state.finished and not self._fits_next_turn(len(state.ids)):
+                    self._finish(state, "token_budget")
+            active = [s for s in live if not s.finished]
+            if not active:
+                break
+            sampled = await self._generate(active, turn, seed, validation, counters)
+            stepping: list[tuple[_Live, Action]] = []
+            for state, (ids, logprobs) in zip(active, sampled):
+                action = self._take_turn(state, ids, logprobs, counters)
+                if action is not None:
+                    stepping.append((state, action))
+            clock = time.perf_counter()
+            outcomes = await self._step_all(stepping)
+            counters.env_s += time.perf_counter() - clock
+            for (state, _), outcome in zip(stepping, outcomes):
+                self._apply_step(state, outcome)
+            for state in active:
+                if not state.finished:
+                    self._continue(state, counters)
+            turn += 1
+        for state in live:
+            self._collect_metrics(state)
+        counters.total_s = time.perf_counter() - started
+        episodes = [s.episode for s in live]
+        metrics = rollout_metrics(episodes, counters)
+        if validation:
+            metrics.update(validation_metrics(episodes, n))
+        return RolloutResult(episodes=episodes, metrics=metrics)
+
+    def _create(self, tasks: list[Task], n: int, seed: int) -> list[_Live]:
+        factories = {}
+        for task in tasks:
+            if task.env_name not in factories:
+                where = f"{task.source or 'task ' + repr(task.id)}: env_name"
+                factories[task.env_name] = self.registry.get(Kind.ENVIRONMENT, task.env_name, key_path=where)
+        live = []
+        for group, task in enumerate(tasks):
+            settings = dict(self.config.env.get(task.env_name, {}))
+            for sample in range(n):
+                env = factories[task.env_name](
+                    task=task, simulator=self.simulator, settings=settings, seed=derive_seed(seed, group, sample)
+                )
+                episode = Episode(task=task, group=group, sample=sample, token_ids=[], loss_mask=[],
+                                  prompt_length=0, turns=[], messages=[])
+                live.append(_Live(episode=episode, env=env, logprobs=None))
+        return live
+
+    async def _reset_all(self, live: list[_Live]) -> None:
+        results = await asyncio.gather(*(s.env.reset() for s in live), return_exceptions=True)
+        for state, result in zip(live, results):
+            if isinstance(result, SimulatorError):
+                self._fail(state, str(result))
+                continue
+            if isinstance(result, BaseException):
+                raise RuntimeError(self._where(state, "reset") + f": {result!r}") from result
+            state.episode.messages = [dict(m) for m in result]
+            state.episode.token_ids = self.tokens.prompt_ids(state.episode.messages)
+            state.episode.loss_mask = [0] * len(state.ids)
+            state.episode.prompt_length = len(state.ids)
+            state.logprobs = [0.0] * len(state.ids)
+
+    def _fits_next_turn(self, length: int) -> bool:
+        """Room for a full turn plus the end-of-turn ids a cut-off turn gets."""
+        return length + self.settings.max_new_tokens + len(self._closing) <= self.settings.max_episode_tokens
+
+    async def _generate(self, active: list[_Live], turn: int, seed: int, validation: bool,
+                        counters: RolloutCounters) -> list[tuple[list[int], list[float] | None]]:
+        temperature = self.settings.val_temperature if validation else self.settings.temperature
+        size = self.settings.generation_batch_size or len(active)
+        outputs: list[tuple[list[int], list[float] | None]] = []
+        clock = time.perf_counter()
+        for chunk_index, start in enumerate(range(0, len(active), size)):
+            chunk = active[start:start + size]
+            request = GenerationRequest(
+                prompts=[list(s.ids) for s in chunk],
+                max_new_tokens=self.settings.max_new_tokens,
+                temperature=temperature,
+                top_p=1.0 if validation else self.settings.top_p,
+                do_sample=temperature > 0,
+                stop_token_ids=list(self.tokens.stop_token_ids),
+                seed=derive_seed(seed, "validation" if validation else "train", turn, chunk_index),
+            )
+            result = await self.backend.generate(request)
+            counters.generate_calls += 1
+            if len(result.token_ids) != len(chunk):
+                raise RuntimeError(f"the rollout backend returned {len(result.token_ids)} sequences for "
+                                   f"{len(chunk)} prompts")
+            for index, ids in enumerate(result.token_ids):
+                logprobs = result.logprobs[index] if result.logprobs is not None else None
+                outputs.append(self._cut_at_stop(list(ids), logprobs))
+        counters.generate_s += time.perf_counter() - clock
+        return outputs
+
+    def _cut_at_stop(self, ids: list[int], logprobs: list[float] | None) -> tuple[list[int], list[float] | None]:
+        """Keep ids up to and including the first stop token (a backend may pad after it)."""
+        for index, token in enumerate(ids):
+            if token in self.tokens.stop_token_ids:
+                ids = ids[: index + 1]
+                break
+        if logprobs is not None:
+            if len(logprobs) < len(ids):
+                raise RuntimeError(f"the rollout backend returned {len(logprobs)} log-probs for {len(ids)} tokens")
+            logprobs = [float(x) for x in logprobs[: len(ids)]]
+        return ids, logprobs
+
+    # ---------------------------------------------------------------------------------------
+    # One turn of one episode
+    # ---------------------------------------------------------------------------------------
+
+    def _take_turn(self, state: _Live, sampled: list[int], logprobs: list[float] | None,
+                   counters: RolloutCounters) -> Action | None:
+        """Append the sampled ids, parse them, and return the action to step (if any)."""
+        episode = state.episode
+        start = len(episode.token_ids)
+        episode.token_ids.extend(sampled)
+        episode.loss_mask.extend([1] * len(sampled))
+        if logprobs is None or state.logprobs is None:
+            state.logprobs = None
+        else:
+            state.logprobs.extend(logprobs)
+        eot = self.tokens.end_of_turn_ids
+        state.turn_closed = len(sampled) >= len(eot) and sampled[-len(eot):] == eot
+        body = sampled[: -len(eot)] if state.turn_closed else sampled
+        if not self.tokens.ends_turn(sampled):
+            counters.truncated_turns += 1
+        content = self.tokens.decode(body)
+        episode.messages.append({"role": "assistant", "content": content})
+        visible_ids = body[:-1] if body and body[-1] in self.tokens.stop_token_ids else body
+        text = content if visible_ids is body else self.tokens.decode(visible_ids)
+        parsed = parse_reply(text, action_format=self.settings.action_format)
+        turn = Turn(start=start, end=start + len(sampled), text=text, action=parsed.action, reward=0.0)
+        episode.turns.append(turn)
+        if parsed.kind == "action":
+            return parsed.action
+        if parsed.kind == "invalid":
+            turn.invalid = True
+            turn.info = {"error": parsed.error}
+            turn.observation = error_message(parsed)
+            state.feedback = {"role": self.observation_role, "content": turn.observation}
+        else:
+            turn.no_action = True
+            turn.info = {"error": parsed.error}
+            if self.settings.on_no_action == "end":
+                self._finish(state, "no_action")
+            else:
+                turn.observation = reminder_message(self.settings.action_format)
+                state.feedback = {"role": "user", "content": turn.observation}
+        return None
+
+    async def _step_all(self, stepping: list[tuple[_Live, Action]]) -> list[StepResult | SimulatorError]:
+        slots = asyncio.Semaphore(self.config.simulator.max_concurrency)
+
+        async def step(state: _Live, action: Action) -> StepResult | SimulatorError:
+            async with slots:
+                try:
+                    return await state.env.step(action)
+                except SimulatorError as exc:
+                    return exc
+
+        outcomes = await asyncio.gather(*(step(s, a) for s, a in stepping), return_exceptions=True)
+        for (state, _), outcome in zip(stepping, outcomes):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, SimulatorError):
+                raise RuntimeError(self._where(state, "step") + f": {outcome!r}") from outcome
+        return outcomes
+
+    def _apply_step(self, state: _Live, outcome: StepResult | SimulatorError) -> None:
+        turn = state.episode.turns[-1]
+        if isinstance(outcome, SimulatorError):
+            turn.info = {SIMULATOR_ERROR_KEY: str(outcome)}
+            self._fail(state, str(outcome))
+            return
+        if not isinstance(outcome, StepResult):
+            raise RuntimeError(self._where(state, "step") + f" returned {type(outcome).__name__}, not a StepResult")
+        turn.info = dict(outcome.info)
+        turn.observation = outcome.observation
+        if outcome.status is not StepStatus.OK:
+            message = outcome.error or f"simulator step status {outcome.status.value}"
+            turn.info[SIMULATOR_ERROR_KEY] = message
+            self._fail(state, message)
+            return
+        if outcome.reward is None:
+            raise RuntimeError(self._where(state, "step") + " returned reward None with status ok")
+        turn.reward = float(outcome.reward)
+        if outcome.done:
+            reason = outcome.info.get("end_reason")
+            self._finish(state, reason if isinstance(reason, str) and reason else "done")
+            return
+        state.feedback = {"role": self.observation_role, "content": outcome.observation}
+
+    def _continue(self, state: _Live, counters: RolloutCounters) -> None:
+        """After a turn that did not end the episode: stop at max_turns, else append the
+        feedback message's tokens (masked out) for the next turn."""
+        episode = state.episode
+        if len(episode.turns) >= self.settings.max_turns:
+            self._finish(state, "max_turns")
+            return
+        if state.feedback is None:
+            raise RuntimeError(self._where(state, "turn") + " left no message for the next turn")
+        appended = self.tokens.continuation_ids(episode.messages, [state.feedback], turn_closed=state.turn_closed)
+        if not self._fits_next_turn(len(episode.token_ids) + len(appended)):
+            self._finish(state, "token_budget")
+            return
+        self._append_unsampled(state, appended)
+        episode.messages.append(state.feedback)
+        state.feedback = None
+        state.turn_closed = True
+        if not state.mismatch and not self.tokens.matches_rendering(episode.token_ids, episode.messages):
+            state.mismatch = True
+            counters.mismatched_episodes += 1
+
+    # ---------------------------------------------------------------------------------------
+    # Endings
+    # ---------------------------------------------------------------------------------------
+
+    def _append_unsampled(self, state: _Live, ids: list[int]) -> None:
+        state.episode.token_ids.extend(ids)
+        state.episode.loss_mask.extend([0] * len(ids))
+        if state.logprobs is not None:
+            state.logprobs.extend([0.0] * len(ids))
+
+    def _finish(self, state: _Live, reason: str) -> None:
+        if not state.turn_closed:  # a turn cut off by the length cap still gets its end-of-turn ids
+            self._append_unsampled(state, self._closing)
+            state.turn_closed = True
+        state.finished = True
+        state.episode.end_reason = reason
+
+    def _fail(self, state: _Live, message: str) -> None:
+        self._finish(state, "failed")
+        state.episode.status = EpisodeStatus.FAILED
+        state.episode.error = message
+
+    def _collect_metrics(self, state: _Live) -> None:
+        episode = state.episode
+        episode.rollout_logprobs = state.logprobs
+        metrics = {}
+        for name, value in state.env.metrics().items():
+            try:
+                metrics[name] = float(value)
+            except (TypeError, ValueError):
+                raise RuntimeError(self._where(state, "metrics") + f" returned non-numeric {name}={value!r}") from None
+        metrics.setdefault("score", float(sum(episode.turn_rewards)))
+        episode.metrics = metrics
+
+    @staticmethod
+    def _where(state: _Live, call: str) -> str:
+        task = state.episode.task
+        return f"environment {task.env_name!r} {call}() for task {task.id!r}"

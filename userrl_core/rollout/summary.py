@@ -1,0 +1,106 @@
+"""Step metrics from finished episodes: rollout statistics, environment metrics and the
+per-data-source validation metrics (verl's ``val-core/<data_source>/reward/mean@n``).
+
+Failed episodes (a simulator call failed) are counted but left out of every average of
+rewards and environment metrics: their trajectories are incomplete and the trainer excludes
+them too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Iterable
+
+from userrl_core.types import Episode, EpisodeStatus
+
+SIMULATOR_ERROR_KEY = "simulator_error"
+"""``Turn.info`` key set on the turn whose environment step failed in the simulator."""
+
+
+@dataclass
+class RolloutCounters:
+    """What the engine counts while episodes run (not recoverable from episodes afterwards)."""
+
+    truncated_turns: int = 0  # turns that hit max_new_tokens
+    mismatched_episodes: int = 0  # held ids differ from a fresh rendering at least once
+    generate_s: float = 0.0
+    env_s: float = 0.0
+    total_s: float = 0.0
+    generate_calls: int = 0
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return fmean(values) if values else 0.0
+
+
+def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[str, float]:
+    """``rollout/*``, ``response_length/*``, ``prompt_length/*``, ``timing_s/*`` and
+    ``env/<metric>/mean`` for one batch of episodes."""
+    turns = [turn for episode in episodes for turn in episode.turns]
+    n_turns = len(turns)
+    failed = [e for e in episodes if e.status is EpisodeStatus.FAILED]
+    ok = [e for e in episodes if e.status is not EpisodeStatus.FAILED]
+    env_steps = sum(1 for t in turns if t.action is not None and not t.invalid)
+    failed_steps = sum(1 for t in turns if SIMULATOR_ERROR_KEY in t.info)
+    responses = [e.response_length for e in episodes]
+    prompts = [e.prompt_length for e in episodes]
+    metrics: dict[str, float] = {
+        "rollout/episodes": float(len(episodes)),
+        "rollout/turns/mean": _mean(len(e.turns) for e in episodes),
+        "rollout/turns/max": float(max((len(e.turns) for e in episodes), default=0)),
+        "rollout/invalid_action_rate": sum(t.invalid for t in turns) / n_turns if n_turns else 0.0,
+        "rollout/no_action_rate": sum(t.no_action for t in turns) / n_turns if n_turns else 0.0,
+        "rollout/truncated_turn_rate": counters.truncated_turns / n_turns if n_turns else 0.0,
+        "rollout/failed_episodes": float(len(failed)),
+        "rollout/failed_episode_rate": len(failed) / len(episodes) if episodes else 0.0,
+        "rollout/env_steps": float(env_steps),
+        "rollout/failed_env_steps": float(failed_steps),
+        "rollout/failed_env_step_rate": failed_steps / env_steps if env_steps else 0.0,
+        "rollout/retokenization_mismatch_rate": counters.mismatched_episodes / len(episodes) if episodes else 0.0,
+        "rollout/episode_tokens/mean": _mean(len(e.token_ids) for e in episodes),
+        "response_length/mean": _mean(responses),
+        "response_length/max": float(max(responses, default=0)),
+        "response_length/min": float(min(responses, default=0)),
+        "prompt_length/mean": _mean(prompts),
+        "prompt_length/max": float(max(prompts, default=0)),
+        "timing_s/generate": counters.generate_s,
+        "timing_s/env": counters.env_s,
+        "timing_s/rollout": counters.total_s,
+        "rollout/generate_calls": float(counters.generate_calls),
+    }
+    for reason, count in Counter(e.end_reason for e in episodes).items():
+        metrics[f"rollout/end/{reason}"] = float(count)
+    names = sorted({name for e in ok for name in e.metrics})
+    for name in names:
+        metrics[f"env/{name}/mean"] = _mean(e.metrics[name] for e in ok if name in e.metrics)
+    return metrics
+
+
+def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
+    """verl's validation names per data source: ``val-core/<ds>/reward/mean@<n>`` (the episode
+    score) and ``val-aux/<ds>/<metric>/mean@<n>`` for turns and each environment metric.
+
+    Each task's samples are averaged first, then the task means are averaged, so ``mean@n`` is
+    the expected score of one sample per task.
+    """
+    by_source: dict[str, list[Episode]] = defaultdict(list)
+    for episode in episodes:
+        by_source[episode.task.data_source].append(episode)
+    metrics: dict[str, float] = {}
+    for source, source_episodes in sorted(by_source.items()):
+        ok = [e for e in source_episodes if e.status is not EpisodeStatus.FAILED]
+        metrics[f"val-aux/{source}/failed_episodes"] = float(len(source_episodes) - len(ok))
+        values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for e in ok:
+            values["reward"][e.group].append(float(e.metrics.get("score", 0.0)))
+            values["turns"][e.group].append(float(len(e.turns)))
+            for name, value in e.metrics.items():
+                if name != "score":
+                    values[name][e.group].append(float(value))
+        for name, groups in values.items():
+            section = "val-core" if name == "reward" else "val-aux"
+            metrics[f"{section}/{source}/{name}/mean@{n}"] = _mean(_mean(v) for v in groups.values())
+    return metrics
