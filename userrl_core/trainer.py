@@ -412,7 +412,7 @@ class Trainer:
 def apply_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
     """A copy of ``config`` with dotted keys changed (``{"actor.lr": 5e-7}``), re-validated.
 
-    The value ``"half"`` halves the current number (the guard's default for ``actor.lr``).
+    A string ``"*F"`` multiplies the current number by F (the guard's default ``actor.lr: "*0.5"``).
     """
     from userrl_core.config import validate_config
 
@@ -424,7 +424,7 @@ def apply_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
             node = node[key]
         if leaf not in node:
             raise UserError(f"guard change names unknown key {dotted!r}")
-        node[leaf] = node[leaf] / 2 if value == "half" else value
+        node[leaf] = node[leaf] * float(value[1:]) if isinstance(value, str) and value.startswith("*") else value
     return validate_config(data, source="guard changes")
 
 
