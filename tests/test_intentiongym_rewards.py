@@ -16,6 +16,7 @@ from userrl_plugins.intentiongym.rewards import turn_reward
         ([], {}, 0.0),  # covers nothing
         ([3, 2], {}, 0.8),  # best is 3, one extra detail costs 0.2
         ([2, 1], {}, 0.5),
+        ([2, 3], {}, 0.8),
         ([1, 3], {}, 0.8),  # order does not matter: the highest counts
         ([3, 2, 2, 1, 1], {}, 0.2),  # four extra details
         ([1, 1, 1], {}, 0.0),  # 0.4 - 0.4
@@ -44,3 +45,9 @@ def test_unknown_importance_is_rejected():
 def test_turn_reward_stays_in_unit_interval(importances, step_penalty, multi):
     value = turn_reward(importances, step_penalty=step_penalty, multi_detail_penalty=multi)
     assert 0.0 <= value <= 1.0
+
+
+def test_rewards_are_exact_decimals():
+    # 0.7 - 0.2 in floating point is 0.49999999999999994; transcripts and metrics show 0.5.
+    assert turn_reward([2, 1]) == 0.5
+    assert turn_reward([3, 2, 1]) == 0.6

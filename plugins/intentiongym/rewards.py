@@ -31,4 +31,5 @@ def turn_reward(
         base = max(0.0, base - multi_detail_penalty * (len(importances) - 1))
     else:
         base = 0.0
-    return min(1.0, max(0.0, base - step_penalty))
+    # Rounded so that 0.7 - 0.2 reads 0.5 in transcripts, not 0.49999999999999994.
+    return round(min(1.0, max(0.0, base - step_penalty)), 9)
