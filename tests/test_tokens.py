@@ -1,0 +1,114 @@
+"""Chat-template token bookkeeping with the real SmolLM2 tokenizer: prompts, continuations after
+closed and cut-off turns, Qwen3-style re-rendering of history, and template probing."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.chat_templates import QWEN_STYLE_TEMPLATE
+from userrl_core.errors import ConfigError
+from userrl_core.rollout.actions import INTERACT_WITH_ENV_TOOL
+from userrl_core.rollout.tokens import ChatTokens
+
+OPENING = [{"role": "system", "content": "You ask clarifying questions."}, {"role": "user", "content": "Plan a trip."}]
+
+
+@pytest.fixture(scope="module")
+def chatml(smol_tokenizer):
+    return ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL])
+
+
+@pytest.fixture(scope="module")
+def qwen_style(smol_tokenizer):
+    return ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL], chat_template=QWEN_STYLE_TEMPLATE)
+
+
+def test_probing_smollm2_template(chatml, smol_tokenizer):
+    im_end = smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert chatml.end_of_turn_ids == [im_end]
+    assert chatml.end_of_turn_text == "<|im_end|>"
+    assert im_end in chatml.stop_token_ids
+    assert chatml.tools is None  # SmolLM2's template ignores tools=, so none are passed
+    assert chatml.supports_tool_role  # it renders any role name verbatim
+
+
+def test_probing_qwen_style_template(qwen_style):
+    assert qwen_style.tools == [INTERACT_WITH_ENV_TOOL]
+    assert qwen_style.supports_tool_role
+    prompt = qwen_style.decode(qwen_style.prompt_ids(OPENING))
+    assert "<tools>" in prompt and '"name": "interact_with_env"' in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_ids_decode_to_the_rendered_prompt(chatml):
+    ids = chatml.prompt_ids(OPENING)
+    assert chatml.decode(ids) == chatml.render(OPENING, add_generation_prompt=True)
+    assert chatml.matches_rendering(ids, OPENING)
+
+
+def test_continuation_after_a_closed_turn_equals_a_fresh_rendering(chatml):
+    sampled = chatml.encode("Where to?") + chatml.end_of_turn_ids
+    history = [*OPENING, {"role": "assistant", "content": "Where to?"}]
+    reply = {"role": "tool", "content": "Somewhere warm."}
+    held = chatml.prompt_ids(OPENING) + sampled + chatml.continuation_ids(history, [reply], turn_closed=True)
+    assert chatml.decode(held) == chatml.render([*history, reply], add_generation_prompt=True)
+    assert chatml.matches_rendering(held, [*history, reply])
+
+
+def test_continuation_after_a_cut_off_turn_starts_with_the_end_of_turn(chatml):
+    sampled = chatml.encode("Where to go in the")  # hit the length cap: no <|im_end|>
+    history = [*OPENING, {"role": "assistant", "content": "Where to go in the"}]
+    reply = {"role": "user", "content": "Go on."}
+    appended = chatml.continuation_ids(history, [reply], turn_closed=False)
+    assert appended[: len(chatml.end_of_turn_ids)] == chatml.end_of_turn_ids
+    held = chatml.prompt_ids(OPENING) + sampled + appended
+    assert chatml.decode(held) == chatml.render([*history, reply], add_generation_prompt=True)
+
+
+def test_qwen_style_history_rerendering_never_touches_held_ids(qwen_style):
+    """Qwen3 drops <think> from an assistant turn once a later user message exists. The held
+    ids keep what was sampled; only the appended part comes from the template."""
+    text = "<think>they want a trip</think>Where to?"
+    prompt = qwen_style.prompt_ids(OPENING)
+    sampled = qwen_style.encode(text) + qwen_style.end_of_turn_ids
+    history = [*OPENING, {"role": "assistant", "content": text}]
+    reminder = {"role": "user", "content": "Use the tool."}
+    appended = qwen_style.continuation_ids(history, [reminder], turn_closed=True)
+    assert qwen_style.decode(appended) == "\n<|im_start|>user\nUse the tool.<|im_end|>\n<|im_start|>assistant\n"
+    held = prompt + sampled + appended
+    assert "<think>they want a trip</think>" in qwen_style.decode(held)
+    fresh = qwen_style.render([*history, reminder], add_generation_prompt=True)
+    assert "<think>" not in fresh  # the template re-rendered history differently ...
+    assert not qwen_style.matches_rendering(held, [*history, reminder])  # ... which is detected
+
+
+def test_qwen_style_tool_reply_is_a_tool_response_in_a_user_turn(qwen_style):
+    history = [*OPENING, {"role": "assistant", "content": "<tool_call>{}</tool_call>"}]
+    appended = qwen_style.continuation_ids(history, [{"role": "tool", "content": "Rome."}], turn_closed=True)
+    assert qwen_style.decode(appended) == (
+        "\n<|im_start|>user\n<tool_response>\nRome.\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_non_canonical_sampled_ids_are_detected(chatml):
+    """A policy may sample a non-canonical split of a word; decode is the same text but a fresh
+    tokenisation differs. The ids are kept; the mismatch is reported."""
+    split = [token for char in "Hello" for token in chatml.encode(char)]
+    assert split != chatml.encode("Hello") and chatml.decode(split) == "Hello"
+    history = [*OPENING, {"role": "assistant", "content": "Hello"}]
+    reply = {"role": "user", "content": "Hi."}
+    held = chatml.prompt_ids(OPENING) + split + chatml.end_of_turn_ids
+    held += chatml.continuation_ids(history, [reply], turn_closed=True)
+    assert chatml.decode(held) == chatml.render([*history, reply], add_generation_prompt=True)
+    assert not chatml.matches_rendering(held, [*history, reply])
+
+
+def test_template_without_a_special_end_of_turn_is_rejected(smol_tokenizer):
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    with pytest.raises(ConfigError, match="special token"):
+        ChatTokens(smol_tokenizer, chat_template=template)
+
+
+def test_continuation_needs_an_assistant_turn_last(chatml):
+    with pytest.raises(ValueError, match="assistant"):
+        chatml.continuation_ids(OPENING, [{"role": "user", "content": "x"}], turn_closed=True)
