@@ -63,6 +63,7 @@ class PluginUse:
     distribution: str | None
     version: str | None
     status: str  # ok | unavailable | unknown
+    hint: str | None = None  # how to install what an unavailable plugin misses
 
 
 @dataclass
@@ -187,6 +188,7 @@ def plan_plugins(config: RunConfig, manager: Any) -> list[PluginUse]:
             distribution=info.distribution if info else None,
             version=info.version if info else None,
             status="unavailable" if entry.unavailable_hint else "ok",
+            hint=entry.unavailable_hint,
         ))
     return uses
 
@@ -235,6 +237,8 @@ def format_plan(plan: ExecutionPlan) -> str:
     for use in plan.plugins:
         where = f"{use.plugin} ({use.distribution} {use.version})" if use.plugin else "not registered"
         lines.append(f"  {use.key} = {use.name}: {use.kind} from {where} [{use.status}]")
+        if use.hint:
+            lines.append(f"      unavailable here: {use.hint}")
     if plan.simulator_key_env:
         state = "set" if plan.simulator_key_set else "NOT SET"
         lines += ["", f"simulator API key: from ${plan.simulator_key_env} ({state})"]

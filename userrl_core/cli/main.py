@@ -15,10 +15,10 @@ import traceback
 from typing import Sequence
 
 from userrl_core import __version__
-from userrl_core.cli import doctor, keys, plugins, run, simulate
+from userrl_core.cli import doctor, keys, plugins, report_cmd, run, simulate
 from userrl_core.errors import UserError
 
-COMMANDS = (run, plugins, doctor, simulate, keys)
+COMMANDS = (run, plugins, doctor, simulate, keys, report_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,14 @@ def one_line(message: object) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`run r.yaml --dry-run a.b=1`): argparse leaves those
+    # in `extra`; anything else there is a real error.
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="userrl: %(levelname)s: %(message)s",

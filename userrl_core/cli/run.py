@@ -37,11 +37,12 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run_command)
 
 
-def load_checked_recipe(recipe: str, overrides: list[str]) -> tuple[RunConfig, Any]:
-    """Compose, validate and check plugin names; returns the config and the plugin manager."""
+def load_checked_recipe(recipe: str, overrides: list[str], *, dry_run: bool = False) -> tuple[RunConfig, Any]:
+    """Compose, validate and check plugin names; returns the config and the plugin manager.
+    A dry run accepts plugins that are unavailable here (the plan says so)."""
     config = load_recipe(recipe, overrides)
     manager = get_plugin_manager()
-    check_plugin_names(config, manager.registry, source=recipe)
+    check_plugin_names(config, manager.registry, source=recipe, allow_unavailable=dry_run)
     return config, manager
 
 
@@ -59,7 +60,7 @@ def resolved_yaml(config: RunConfig) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config, manager = load_checked_recipe(args.recipe, args.overrides)
+    config, manager = load_checked_recipe(args.recipe, args.overrides, dry_run=args.dry_run)
     if args.dry_run:
         plan = build_plan(config, manager, num_train_tasks=count_train_tasks(config, manager.registry))
         print("# Resolved config")

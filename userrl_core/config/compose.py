@@ -83,8 +83,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(compose_recipe(path, overrides), source=str(path))
 
 
-def check_plugin_names(config: RunConfig, registry: Any, source: str = "recipe") -> None:
-    """Every plugin name the config uses must be registered (and available)."""
+def check_plugin_names(
+    config: RunConfig, registry: Any, source: str = "recipe", *, allow_unavailable: bool = False
+) -> None:
+    """Every plugin name the config uses must be registered (and available, unless
+    ``allow_unavailable``: a dry run plans a GPU recipe on a CPU machine and reports it)."""
     from userrl_core.errors import UnknownNameError
     from userrl_core.registry import Kind
 
@@ -97,6 +100,8 @@ def check_plugin_names(config: RunConfig, registry: Any, source: str = "recipe")
     ]
     checks += [(Kind.ENVIRONMENT, name, f"env.{name}") for name in config.env]
     for kind, name, key in checks:
+        if allow_unavailable and name in registry.names(kind):
+            continue
         try:
             registry.entry(kind, name, key_path=key)
         except UnknownNameError as exc:
