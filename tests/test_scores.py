@@ -1,0 +1,88 @@
+"""Trajectory-score methods: hand-computed tables, UserRL's 'Sum' (a rounded mean), registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from userrl_core.algorithms import scores
+from userrl_core.plugins import get_plugin_manager
+from userrl_core.registry import Kind
+
+# Four episodes, three slots. Row 2 has two turns (its padded 5.0 must be ignored); row 4 has none.
+REWARDS = torch.tensor(
+    [[0.2, 0.0, 1.0], [0.7, 0.1, 5.0], [1.0, 0.0, 0.0], [3.0, 3.0, 3.0]], dtype=torch.float64
+)
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.float64)
+
+
+def test_userrl_sum_is_the_mean_rounded_to_four_decimals():
+    # (0.2 + 0 + 1) / 3 = 0.4; (0.7 + 0.1) / 2 = 0.4; (1 + 0 + 0) / 3 = 0.333333 -> 0.3333; no turns -> 0
+    got = scores.userrl_sum(REWARDS, MASK)
+    assert got.tolist() == pytest.approx([0.4, 0.4, 0.3333, 0.0], abs=1e-12)
+
+
+def test_mean_is_not_rounded():
+    got = scores.mean_reward(REWARDS, MASK)
+    assert got.tolist() == pytest.approx([0.4, 0.4, 1.0 / 3.0, 0.0], abs=1e-12)
+    assert got[2].item() != pytest.approx(0.3333, abs=1e-6)
+
+
+def test_sum_is_a_sum():
+    # 0.2 + 0 + 1 = 1.2; 0.7 + 0.1 = 0.8; 1; no turns -> 0
+    assert scores.sum_reward(REWARDS, MASK).tolist() == pytest.approx([1.2, 0.8, 1.0, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "gamma, expected",
+    [
+        # 0.2 + 0.8 * 0 + 0.64 * 1 = 0.84; 0.7 + 0.8 * 0.1 = 0.78; 1; 0
+        (0.8, [0.84, 0.78, 1.0, 0.0]),
+        # gamma 1 is the plain sum
+        (1.0, [1.2, 0.8, 1.0, 0.0]),
+        # gamma 0 keeps the first turn's reward only
+        (0.0, [0.2, 0.7, 1.0, 0.0]),
+    ],
+)
+def test_reward_to_go_score_table(gamma, expected):
+    assert scores.reward_to_go_score(REWARDS, MASK, gamma=gamma).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_float32_in_float32_out():
+    got = scores.userrl_sum(REWARDS.float(), MASK)
+    assert got.dtype == torch.float32
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.floats(0, 1), min_size=0, max_size=6), min_size=1, max_size=5),
+    gamma=st.floats(0.0, 1.0),
+)
+def test_scores_match_userrl_loop_definitions(rows, gamma):
+    k = max(len(r) for r in rows) or 1
+    rewards = torch.full((len(rows), k), -7.0, dtype=torch.float64)
+    mask = torch.zeros(len(rows), k)
+    for i, row in enumerate(rows):
+        rewards[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+        mask[i, : len(row)] = 1.0
+    userrl = scores.userrl_sum(rewards, mask)
+    r2g = scores.reward_to_go_score(rewards, mask, gamma=gamma)
+    for i, row in enumerate(rows):
+        # UserRL: round(sum(turn_rewards) / len(turn_rewards), 4) if turn_rewards else 0.0
+        assert userrl[i].item() == pytest.approx(round(sum(row) / len(row), 4) if row else 0.0, abs=1e-9)
+        # UserRL: walk the turns backwards, score = r + gamma * score
+        expected = 0.0
+        for r in reversed(row):
+            expected = r + gamma * expected
+        assert r2g[i].item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_trajectory_score_methods_are_registered():
+    registry = get_plugin_manager(fresh=True).registry
+    assert registry.get(Kind.TRAJECTORY_SCORE, "Sum") is scores.userrl_sum
+    assert registry.get(Kind.TRAJECTORY_SCORE, "R2G") is scores.reward_to_go_score
+    assert registry.get(Kind.TRAJECTORY_SCORE, "mean") is scores.mean_reward
+    assert registry.get(Kind.TRAJECTORY_SCORE, "sum") is scores.sum_reward
+    assert "MEAN" in registry.entry(Kind.TRAJECTORY_SCORE, "Sum").description
