@@ -340,3 +340,70 @@ def test_the_guard_loads_through_the_entry_point():
     info = manager.plugins["lifecycle"]
     assert info.status == "ok", info.error
     assert {"on_step_end", "on_validation_end", "on_checkpoint_saved"} <= set(info.hooks)
+
+
+# ------------------------------------------------------------------ roll-back with the real trainer pieces
+
+
+def test_rollback_restores_the_exact_best_state_and_applies_changes(tmp_path, tiny_model_dir):
+    """The real Trainer, CheckpointManager and TorchPolicy (tiny random Llama): train, save the best,
+    train on and rotate step checkpoints, roll back; weights, AdamW moments, the LR schedule and the
+    RNG are those of the best step, the step counter keeps counting, and the lr is halved."""
+    import copy
+
+    import torch
+
+    from userrl_core.trainer import Trainer, build_components
+
+    root = Path(__file__).resolve().parents[1]
+    config = validate_config({
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train_files": [str(root / "data/intentiongym/userrl_splits/train.parquet")],
+                 "train_batch_size": 2},
+        "rollout": {"action_format": "plain_text"},
+        "actor": {"lr": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps_ratio": 0.2, "ppo_mini_batch_size": 2},
+        "trainer": {"total_training_steps": 20, "device": "cpu", "max_ckpt_to_keep": 1},
+    })
+    trainer = Trainer(config, tmp_path, build_components(config))
+    policy = trainer.c.training
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            ids = torch.randint(5, 500, (2, 12))
+            policy.model(input_ids=ids).logits.float().pow(2).mean().backward()
+            policy.optimizer.step()
+            policy.scheduler.step()
+            policy.optimizer.zero_grad()
+            trainer.step += 1
+
+    train(3)
+    trainer.handle.best_step, trainer.handle.best_score = trainer.step, 1.0
+    trainer._save(is_best=True)
+    weights = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    optimizer = copy.deepcopy(policy.optimizer.state_dict())
+    scheduler = copy.deepcopy(policy.scheduler.state_dict())
+    rng = torch.get_rng_state()
+    lr_at_best = policy.lr
+
+    for _ in range(3):  # later step checkpoints rotate; the best stays
+        train(2)
+        trainer._save(is_best=False)
+    assert not (tmp_path / "checkpoints" / "step_000003").exists()
+    assert (tmp_path / "checkpoints" / "best").is_dir()
+    assert any(not torch.equal(weights[k], v) for k, v in policy.model.state_dict().items())
+
+    trainer._rollback({"actor.lr": "*0.5"})
+
+    for key, value in policy.model.state_dict().items():
+        assert torch.equal(weights[key], value), key
+    restored = policy.optimizer.state_dict()["state"]
+    assert restored.keys() == optimizer["state"].keys()
+    for index, state in optimizer["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(restored[index][name])), (index, name)
+    assert policy.scheduler.state_dict()["last_epoch"] == scheduler["last_epoch"] == 3
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert trainer.step == 9  # the counter keeps counting: metrics stay monotonic
+    assert trainer.handle.rollbacks == 1
+    assert trainer.config.actor.lr == pytest.approx(5e-4)
+    assert policy.lr == pytest.approx(lr_at_best * 0.5)  # same point of the schedule, half the peak

@@ -172,6 +172,25 @@ class TorchPolicy:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def apply_config(self, config: Any) -> None:
+        """Take a changed ``actor`` section mid-run (a stability-guard roll-back, after the best
+        state was loaded). Loss settings are read from ``self.actor`` at every update; ``lr``
+        becomes the peak of the same schedule at the same point; ``weight_decay`` and ``betas``
+        go to the optimizer; switching ``use_kl_loss`` on freezes the current (restored) weights
+        as the reference."""
+        actor = config.actor
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=actor.lr, lr=actor.lr * factor, weight_decay=actor.weight_decay,
+                         betas=tuple(actor.betas))
+        self.scheduler.base_lrs = [actor.lr for _ in self.optimizer.param_groups]
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        if actor.use_kl_loss and self.reference is None:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if actor.gradient_checkpointing != self.actor.gradient_checkpointing:
+            self.set_gradient_checkpointing(actor.gradient_checkpointing)
+        self.actor = actor
+
     # ------------------------------------------------------------------ log-probs
 
     def _forward(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
