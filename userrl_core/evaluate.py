@@ -1,0 +1,189 @@
+"""``userrl eval``: score a checkpoint on a task split, with the metric names of validation.
+
+A run folder means its best checkpoint (``checkpoints/best``); a checkpoint folder (one with
+``hf/``) or a bare Hugging Face model folder can be given too. The recipe is the run folder's
+``config.yaml`` unless ``recipe`` names one. The simulator, backends and rollout engine are built
+exactly as the trainer builds them (:func:`userrl_core.trainer.build_components`), with
+``model.path`` pointed at the checkpoint, and each task runs ``n`` times at the validation
+temperature. The result (``eval.json``) carries ``val-core/<data_source>/reward/mean@n`` and the
+``val-aux`` metrics validation logs, the mean over data sources (the number the best checkpoint
+is chosen by), per-category means, coverage, turns, simulator errors and cost; every episode goes
+to ``transcripts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from userrl_core.config import load_recipe, validate_config
+from userrl_core.config.schema import RunConfig
+from userrl_core.errors import UserError
+from userrl_core.types import Episode, EpisodeStatus
+from userrl_core.val_reward import validation_reward
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "train")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """(HF model folder, run folder or None) for a run folder, a checkpoint folder or an HF folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint or run folder not found: {path}")
+    if (path / "checkpoints").is_dir():
+        best = path / "checkpoints" / "best" / "hf"
+        if not best.is_dir():
+            raise UserError(f"{path}: the run folder has no best checkpoint (checkpoints/best/hf)")
+        return best, path
+    if (path / "hf").is_dir():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        return path / "hf", run_dir
+    if (path / "config.json").is_file():
+        return path, None
+    raise UserError(f"{path} is neither a run folder (checkpoints/), a checkpoint folder (hf/) nor a model folder "
+                    "(config.json)")
+
+
+def eval_config(model_dir: Path, run_dir: Path | None, recipe: str | None, overrides: list[str],
+                temperature: float | None) -> RunConfig:
+    """The run's config (or the recipe's) with ``model.path`` set to the checkpoint."""
+    if recipe is not None:
+        config = load_recipe(recipe, overrides)
+    else:
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{model_dir}: no run folder config.yaml next to this checkpoint; pass --recipe")
+        if overrides:
+            raise UserError("overrides need --recipe (the run's config.yaml is used as it was resolved)")
+        source = run_dir / "config.yaml"
+        try:
+            data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source}: cannot read: {' '.join(str(exc).split())}") from None
+        config = validate_config(data if isinstance(data, dict) else {}, source=str(source))
+    data = config.model_dump(mode="python")
+    data["model"]["path"] = str(model_dir)
+    if (model_dir / "tokenizer_config.json").is_file():
+        data["model"]["tokenizer_path"] = None
+    if temperature is not None:
+        data["rollout"]["val_temperature"] = temperature
+    data["logging"]["wandb"]["enabled"] = False
+    return validate_config(data, source="eval config")
+
+
+def category_of(episode: Episode) -> str:
+    category = episode.task.payload.get("category") if isinstance(episode.task.payload, dict) else None
+    return category if isinstance(category, str) and category else "(none)"
+
+
+def per_category(episodes: list[Episode]) -> dict[str, dict[str, float]]:
+    """Mean score, coverage and turns per task category (failed episodes counted, not averaged)."""
+    groups: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(category_of(episode), []).append(episode)
+    out = {}
+    for category, group in sorted(groups.items()):
+        ok = [e for e in group if e.status is not EpisodeStatus.FAILED]
+        row: dict[str, float] = {"episodes": float(len(group)), "failed_episodes": float(len(group) - len(ok))}
+        if ok:
+            row["reward/mean"] = float(np.mean([e.metrics.get("score", 0.0) for e in ok]))
+            row["turns/mean"] = float(np.mean([len(e.turns) for e in ok]))
+            if any("coverage" in e.metrics for e in ok):
+                row["coverage/mean"] = float(np.mean([e.metrics.get("coverage", 0.0) for e in ok]))
+        out[category] = row
+    return out
+
+
+def default_out_dir(model_dir: Path, run_dir: Path | None, split: str, n: int) -> Path:
+    checkpoint = model_dir.parent if model_dir.name == "hf" else model_dir
+    base = run_dir if run_dir is not None else checkpoint
+    return base / "eval" / f"{checkpoint.name}_{Path(split).stem}_n{n}"
+
+
+def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: str = "val", n: int = 4, *,
+             overrides: list[str] | None = None, out_dir: str | Path | None = None,
+             temperature: float | None = None, max_tasks: int | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split (``val``, ``train`` or a task file); write ``eval.json`` and
+    transcripts into ``out_dir`` and return what ``eval.json`` holds."""
+    from userrl_core.data import load_tasks
+    from userrl_core.metrics import episode_record, simulator_delta
+    from userrl_core.trainer import apply_system_prompt, build_components, validation_metrics
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1; got {n}")
+    model_dir, run_dir = resolve_checkpoint(checkpoint_or_run)
+    config = eval_config(model_dir, run_dir, recipe, list(overrides or []), temperature)
+    if split == "val":
+        files, limit = config.data.val_files, config.data.val_max_tasks
+        if not files:
+            raise UserError("--split val: the recipe has no data.val_files")
+    elif split == "train":
+        files, limit = config.data.train_files, config.data.train_max_tasks
+    elif Path(split).is_file():
+        files, limit = [split], None
+    else:
+        raise UserError(f"--split {split!r}: expected 'val', 'train' or a task file")
+    limit = max_tasks or limit
+    if n > 1 and config.rollout.val_temperature == 0:
+        log.warning("n=%d at temperature 0 (greedy): the samples of a task will mostly be identical; "
+                    "pass --temperature to sample", n)
+
+    started = time.perf_counter()
+    components = build_components(config)
+    tasks = apply_system_prompt(
+        load_tasks(files, components.plugins.registry, max_tasks=limit, env_settings=config.env).tasks,
+        config.rollout.system_prompt)
+    sim_before = components.simulator.stats()
+
+    async def run_all():
+        try:
+            return await components.engine.run(tasks, n, seed=config.trainer.seed, validation=True)
+        finally:
+            await components.simulator.aclose()
+
+    episodes = asyncio.run(run_all()).episodes
+    metrics = validation_metrics(episodes, n)
+    simulator = simulator_delta(sim_before, components.simulator.stats())
+    for key, value in simulator.items():
+        metrics[key.replace("simulator/", "val-aux/simulator/")] = value
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, run_dir, split, n)
+    (out / "transcripts").mkdir(parents=True, exist_ok=True)
+    transcripts = out / "transcripts" / f"eval_{Path(split).stem}.jsonl"
+    with transcripts.open("w", encoding="utf-8") as f:
+        for episode in episodes:
+            f.write(json.dumps(episode_record(0, episode), default=str) + "\n")
+    ok = [e for e in episodes if e.status is not EpisodeStatus.FAILED]
+    result: dict[str, Any] = {
+        "checkpoint": str(model_dir),
+        "run_dir": None if run_dir is None else str(run_dir),
+        "recipe": recipe,
+        "split": split,
+        "files": [str(f) for f in files],
+        "n": n,
+        "temperature": config.rollout.val_temperature,
+        "tasks": len(tasks),
+        "episodes": len(episodes),
+        "failed_episodes": len(episodes) - len(ok),
+        "reward": validation_reward(metrics),
+        "metrics": metrics,
+        "per_category": per_category(episodes),
+        "coverage": float(np.mean([e.metrics["coverage"] for e in ok if "coverage" in e.metrics]))
+        if any("coverage" in e.metrics for e in ok) else None,
+        "turns": float(np.mean([len(e.turns) for e in ok])) if ok else None,
+        "simulator": {"name": config.simulator.name, "model": config.simulator.model,
+                      **{k.removeprefix("simulator/"): v for k, v in simulator.items()}},
+        "wall_time_s": time.perf_counter() - started,
+        "transcripts": str(transcripts),
+        "out_dir": str(out),
+    }
+    (out / "eval.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    return result
