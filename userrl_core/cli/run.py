@@ -73,4 +73,6 @@ def run_command(args: argparse.Namespace) -> int:
     summary = run_training(config, recipe_path=args.recipe, resume=args.resume, run_dir=args.run_dir)
     status = summary.get("status", "finished")
     print(f"run {status}: {summary.get('run_dir')}")
+    if summary.get("report"):
+        print(f"report: {summary['report']} (read it first; the curves are in plots/ next to it)")
     return EXIT_BY_STATUS.get(status, 1)
