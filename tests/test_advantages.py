@@ -169,7 +169,9 @@ def test_default_dtype_is_float32_and_bad_inputs_are_named():
             torch.tensor([[0], [0]]), torch.ones(2, 1), torch.tensor([1.0, float("nan")]), torch.tensor([0, 0])
         )
     with pytest.raises(ValueError, match="scores must be"):
-        adv.grpo_multiturn_advantages(torch.tensor([[0]]), torch.ones(1, 1), torch.tensor([1.0, 2.0]), torch.tensor([0]))
+        adv.grpo_multiturn_advantages(
+            torch.tensor([[0]]), torch.ones(1, 1), torch.tensor([1.0, 2.0]), torch.tensor([0])
+        )
 
 
 @st.composite

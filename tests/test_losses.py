@@ -110,7 +110,8 @@ def test_aggregate_errors_and_empty_mask():
     ],
 )
 def test_kl_penalty_table(kind, logprob, ref, expected):
-    got = losses.kl_penalty(torch.tensor([[logprob]], dtype=torch.float64), torch.tensor([[ref]], dtype=torch.float64), kind)
+    as_tensor = lambda x: torch.tensor([[x]], dtype=torch.float64)  # noqa: E731
+    got = losses.kl_penalty(as_tensor(logprob), as_tensor(ref), kind)
     assert got.item() == pytest.approx(expected, abs=1e-12)
 
 
@@ -167,19 +168,24 @@ def test_bfloat16_logits_are_computed_in_float32():
     assert losses.entropy_from_logits(logits.bfloat16()).dtype == torch.float32
 
 
-def test_chunked_gradients_match_the_direct_computation(monkeypatch):
-    # Force many chunks (3 rows each) and compare values and gradients with the plain formulas.
-    monkeypatch.setattr(losses, "ROWS_PER_CHUNK", 3)
-    base = torch.randn(2, 7, 9, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    labels = torch.randint(0, 9, (2, 7), generator=torch.Generator().manual_seed(9))
-    weights = torch.randn(2, 7, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, 16, 1024])
+def test_chunked_gradients_match_the_direct_computation(monkeypatch, rows_per_chunk):
+    # Blocks smaller than a sequence (1, 3), spanning several sequences (16) or everything (1024),
+    # on the shifted, non-contiguous view the backend passes; values and gradients must match.
+    monkeypatch.setattr(losses, "ROWS_PER_CHUNK", rows_per_chunk)
+    base = torch.randn(3, 8, 9, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    labels = torch.randint(0, 9, (3, 7), generator=torch.Generator().manual_seed(9))
+    weights = torch.randn(3, 7, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
 
     chunked = base.clone().requires_grad_(True)
-    value = (losses.entropy_from_logits(chunked) * weights).sum() + (losses.token_logprobs(chunked, labels) * weights).sum()
+    shifted = chunked[:, :-1]
+    assert not shifted.is_contiguous()
+    value = (losses.entropy_from_logits(shifted) * weights).sum()
+    value = value + (losses.token_logprobs(shifted, labels) * weights).sum()
     value.backward()
 
     direct = base.clone().requires_grad_(True)
-    log_p = torch.log_softmax(direct, -1)
+    log_p = torch.log_softmax(direct[:, :-1], -1)
     entropy = -(log_p.exp() * log_p).sum(-1)
     picked = log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     expected = (entropy * weights).sum() + (picked * weights).sum()
@@ -187,6 +193,14 @@ def test_chunked_gradients_match_the_direct_computation(monkeypatch):
 
     assert value.item() == pytest.approx(expected.item(), abs=1e-9)
     assert torch.allclose(chunked.grad, direct.grad, atol=1e-9)
+
+
+def test_two_dimensional_logits_and_empty_inputs():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]])
+    assert losses.token_logprobs(logits, torch.tensor([0, 0])).tolist() == pytest.approx(
+        [math.log(0.5), math.log(0.75)], abs=1e-6
+    )
+    assert losses.entropy_from_logits(torch.zeros(2, 0, 5)).shape == (2, 0)
 
 
 def test_actor_loss_composes_pg_entropy_and_kl():
@@ -218,7 +232,8 @@ def test_surrogate_is_never_below_the_clipped_objective_bound(seed, clip_low, cl
     # Per token, PPO-clip is a pessimistic bound: loss >= -A * clip(ratio) and >= -A * ratio,
     # apart from where the dual clip caps it at -A * 3 (A < 0).
     gen = torch.Generator().manual_seed(seed)
-    new, old = torch.randn(3, 6, generator=gen, dtype=torch.float64), torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    new = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    old = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     a = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     mask = torch.zeros(3, 6, dtype=torch.float64)
     for row in range(3):

@@ -47,7 +47,7 @@ AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_TYPES = ("kl", "low_var_kl", "mse")
 # verl clamps the low-variance KL estimate to this range so that one far-off token cannot blow up.
 LOW_VAR_KL_BOUND = 10.0
-# Rows of logits handled at once when computing log-probs or entropy (bounds the temporary memory).
+# Positions whose logits are handled at once for log-probs or entropy (bounds temporary memory).
 ROWS_PER_CHUNK = 1024
 
 
@@ -183,22 +183,33 @@ def _chunk_logprobs(rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _by_row_chunks(fn, logits: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-    """Apply ``fn`` to ``[N, V]`` row chunks of ``logits [..., V]`` and stitch the ``[...]`` result.
+    """Apply ``fn`` to blocks of about ``ROWS_PER_CHUNK`` positions of ``logits [..., T, V]``.
 
-    When gradients are needed each chunk is recomputed in backward (activation checkpointing),
-    so only the logits themselves stay alive: the softmax of the whole batch is never stored.
+    Blocks are slices (views) of the batch and time axes, so a non-contiguous input such as
+    ``logits[:, :-1]`` is never copied as a whole. When gradients are needed each block is
+    recomputed in backward (activation checkpointing), so only the logits themselves stay
+    alive: the softmax of the whole batch is never stored.
     """
-    shape = logits.shape[:-1]
-    flat = logits.reshape(-1, logits.shape[-1])
-    flat_extra = [e.reshape(-1) for e in extra]
+    if logits.dim() < 2:
+        raise ValueError(f"logits must be [..., vocab] with at least one position; got {tuple(logits.shape)}")
+    lead = logits.shape[:-1]
+    if logits.numel() == 0:
+        return logits.new_zeros(lead, dtype=_at_least_float32(logits).dtype)
+    # [B, T, V] with B the product of any leading axes (a view for the usual [B, T, V] input).
+    grid = logits.reshape(-1, logits.shape[-2], logits.shape[-1]) if logits.dim() >= 3 else logits.unsqueeze(0)
+    grid_extra = [e.reshape(grid.shape[:2]) for e in extra]
+    batch, time = grid.shape[0], grid.shape[1]
+    time_step = min(time, ROWS_PER_CHUNK)
+    batch_step = max(1, ROWS_PER_CHUNK // time)
     needs_grad = torch.is_grad_enabled() and logits.requires_grad
-    pieces = []
-    for start in range(0, flat.shape[0], ROWS_PER_CHUNK):
-        args = [flat[start : start + ROWS_PER_CHUNK]] + [e[start : start + ROWS_PER_CHUNK] for e in flat_extra]
-        pieces.append(checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args))
-    if not pieces:
-        return flat.new_zeros(shape, dtype=_at_least_float32(flat).dtype)
-    return torch.cat(pieces).reshape(shape)
+    rows = []
+    for b in range(0, batch, batch_step):
+        blocks = []
+        for t in range(0, time, time_step):
+            args = [x[b : b + batch_step, t : t + time_step] for x in (grid, *grid_extra)]
+            blocks.append(checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args))
+        rows.append(torch.cat(blocks, dim=1))
+    return torch.cat(rows, dim=0).reshape(lead)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -214,8 +225,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probability of ``labels`` under ``logits``: ``[..., V], [...] -> [...]``.
 
-    Computed in float32 (float64 logits stay float64) as ``z[label] - logsumexp(z)`` over chunks of rows, never materialising a full
-    log-softmax. ``labels`` must be valid token ids (mask padding out afterwards; do not pass -100).
+    Computed in float32 (float64 logits stay float64) as ``z[label] - logsumexp(z)`` over
+    chunks of rows, never materialising a full log-softmax. ``labels`` must be valid token ids
+    (mask padding out afterwards; do not pass -100).
     """
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])}; got {tuple(labels.shape)}")

@@ -28,7 +28,9 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
     return int(warmup_ratio * total_steps)
 
 
-def lr_lambda(kind: str, total_steps: int, warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0) -> Callable[[int], float]:
+def lr_lambda(
+    kind: str, total_steps: int, warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0
+) -> Callable[[int], float]:
     """The multiplier of the peak learning rate at each optimizer step (0-based).
 
     :param kind: ``"constant"`` or ``"cosine"`` (``actor.lr_scheduler``).
