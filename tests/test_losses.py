@@ -228,9 +228,9 @@ def test_actor_loss_composes_pg_entropy_and_kl():
     clip_low=st.floats(0.05, 0.5),
     clip_high=st.floats(0.05, 0.5),
 )
-def test_surrogate_is_never_below_the_clipped_objective_bound(seed, clip_low, clip_high):
-    # Per token, PPO-clip is a pessimistic bound: loss >= -A * clip(ratio) and >= -A * ratio,
-    # apart from where the dual clip caps it at -A * 3 (A < 0).
+def test_surrogate_matches_the_ppo_formula_token_by_token(seed, clip_low, clip_high):
+    # Per token (one unmasked at a time), plain PPO-clip is max(-A * ratio, -A * clip(ratio)),
+    # the pessimistic of the two objectives.
     gen = torch.Generator().manual_seed(seed)
     new = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     old = torch.randn(3, 6, generator=gen, dtype=torch.float64)
