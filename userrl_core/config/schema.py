@@ -194,6 +194,10 @@ GUARD_RULE_NAMES = (
 
 
 class RayConfig(Section):
+    enabled: bool | None = Field(
+        None, description="Run the fsdp backend's ranks as Ray actors; default: yes on GPUs, local processes on CPU."
+    )
+    cpu_ranks: int = Field(2, ge=1, description="fsdp ranks when training on the CPU (gloo), e.g. to test sharding.")
     address: str | None = Field(
         None, description="Join an existing Ray cluster (e.g. 'ray://head:10001' or 'auto'); unset: the run starts "
         "a local Ray instance and stops it at the end."
