@@ -407,3 +407,13 @@ def test_rollback_restores_the_exact_best_state_and_applies_changes(tmp_path, ti
     assert trainer.handle.rollbacks == 1
     assert trainer.config.actor.lr == pytest.approx(5e-4)
     assert policy.lr == pytest.approx(lr_at_best * 0.5)  # same point of the schedule, half the peak
+
+
+def test_a_resumed_run_compares_to_the_best_it_restored(tmp_path):
+    run = make_run(tmp_path, **only_rule("val_reward_drop", action="warn", threshold=0.75, patience=2))
+    run.best_step, run.best_score = 75, 2.21  # restored from the checkpoint by the trainer
+    step(run, 145, {}, val=1.0)
+    step(run, 150, {}, val=1.0)
+    (decision,) = run.decisions
+    assert decision.data["best_step"] == 75 and decision.data["best"] == pytest.approx(2.21)
+    assert run.best_step == 75

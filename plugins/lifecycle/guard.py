@@ -203,6 +203,9 @@ def record_validation(run: Any, state: GuardState, step: int, metrics: Mapping[s
     if score is None:
         return None
     state.val_scores.append((step, score))
+    run_best = getattr(run, "best_score", None)
+    if run_best is not None and (state.best_score is None or run_best > state.best_score):
+        state.best_step, state.best_score = run.best_step, run_best  # set by the trainer (or restored on resume)
     if state.best_score is None or score > state.best_score:
         state.best_step, state.best_score = step, score
     if getattr(run, "best_score", None) is None or score > run.best_score:
