@@ -34,8 +34,9 @@ from userrl_core.checkpoint import CheckpointManager
 from userrl_core.config import RunConfig, check_plugin_names
 from userrl_core.data import load_tasks
 from userrl_core.errors import RunStopped, UserError
-from userrl_core.metrics import RunRecorder, console_line, simulator_delta
+from userrl_core.metrics import RunRecorder, simulator_delta
 from userrl_core.plugins import PluginManager, get_plugin_manager
+from userrl_core.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.registry import Kind
 from userrl_core.rollout import RolloutEngine
 from userrl_core.run import RunHandle
@@ -150,6 +151,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.hook_errors: list[str] = []
         self.started = time.time()
+        self.progress = ConsoleProgress(self.total_steps, live=config.logging.progress)
 
     # ------------------------------------------------------------ geometry and data order
 
@@ -180,7 +182,8 @@ class Trainer:
         cfg = self.config
         t0 = time.perf_counter()
         sim_before = self.c.simulator.stats()
-        result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step)
+        with self.progress.phase(f"step {self.step}/{self.total_steps}: rollout of {len(tasks)} tasks x {cfg.rollout.n}"):
+            result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step)
         t_rollout = time.perf_counter() - t0
         metrics: dict[str, float] = dict(result.metrics)
         metrics.update(simulator_delta(sim_before, self.c.simulator.stats()))
@@ -205,6 +208,7 @@ class Trainer:
         batch = batching.token_tensors(kept, pad_id=self._pad_id())
         token_turn = batching.token_turn_index(kept, batch.input_ids.shape[1])
         groups = torch.tensor([e.group for e in kept], dtype=torch.long)
+        batch.group_ids = groups
         batch.advantages = grpo_multiturn_advantages(
             token_turn, credits, scores, groups, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
         ).to(torch.float32)
@@ -217,11 +221,13 @@ class Trainer:
         metrics["critic/advantages/min"] = float(batch.advantages[mask].min()) if mask.any() else 0.0
 
         t1 = time.perf_counter()
-        batch.old_logprobs = self.c.training.compute_logprobs(batch)
-        if cfg.actor.use_kl_loss:
-            batch.ref_logprobs = self.c.training.compute_logprobs(batch, reference=True)
+        with self.progress.phase(f"step {self.step}/{self.total_steps}: old log-probs"):
+            batch.old_logprobs = self.c.training.compute_logprobs(batch)
+            if cfg.actor.use_kl_loss:
+                batch.ref_logprobs = self.c.training.compute_logprobs(batch, reference=True)
         t2 = time.perf_counter()
-        metrics.update(self.c.training.update(batch))
+        with self.progress.phase(f"step {self.step}/{self.total_steps}: update ({len(kept)} episodes)"):
+            metrics.update(self.c.training.update(batch))
         t3 = time.perf_counter()
         self.c.rollout.sync_weights(self.c.training)
         t4 = time.perf_counter()
@@ -257,7 +263,8 @@ class Trainer:
         t0 = time.perf_counter()
         n = self.config.rollout.val_n
         sim_before = self.c.simulator.stats()
-        result = await self.c.engine.run(self.val_tasks, n, seed=self.config.trainer.seed, validation=True)
+        with self.progress.phase(f"validation on {len(self.val_tasks)} tasks x {n}"):
+            result = await self.c.engine.run(self.val_tasks, n, seed=self.config.trainer.seed, validation=True)
         metrics = validation_metrics(result.episodes, n)
         for key, value in simulator_delta(sim_before, self.c.simulator.stats()).items():
             metrics[key.replace("simulator/", "val-aux/simulator/")] = value
@@ -359,7 +366,7 @@ class Trainer:
         if cfg.val_before_train and self.step == 0 and self.val_tasks:
             val = await self._validate()
             self.recorder.log(0, 0, val)
-            log.info(console_line(0, self.total_steps, val))
+            self.progress.step(0, val)
             self._act_on_pending()
 
         while self.step < self.total_steps:
@@ -381,7 +388,7 @@ class Trainer:
             metrics["perf/throughput"] = metrics.get("perf/total_num_tokens", 0.0) / max(elapsed, 1e-9)
             metrics["training/epoch"] = float(self.epoch)
             self.recorder.log(self.step, self.epoch, metrics)
-            log.info(console_line(self.step, self.total_steps, metrics))
+            self.progress.step(self.step, metrics)
             self._hooks("on_step_end", step=self.step, metrics=metrics)
             self._act_on_pending()
             self.batch_index += 1
@@ -453,6 +460,7 @@ def run_training(config: RunConfig, *, recipe_path: str | None = None, resume: b
         raise UserError(f"--resume: run folder not found: {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     _write_config(config, folder)
+    quiet_third_party_output()
     components = build_components(config)
     trainer = Trainer(config, folder, components, recipe_path)
     status, error = "finished", None

@@ -70,9 +70,9 @@ def run_command(args: argparse.Namespace) -> int:
     check_requirements(config, source=args.recipe)  # GPUs, extras, model, API key: fail in seconds
     from userrl_core.trainer import run_training
 
+    from userrl_core.progress import print_summary
+
     summary = run_training(config, recipe_path=args.recipe, resume=args.resume, run_dir=args.run_dir)
     status = summary.get("status", "finished")
-    print(f"run {status}: {summary.get('run_dir')}")
-    if summary.get("report"):
-        print(f"report: {summary['report']} (read it first; the curves are in plots/ next to it)")
+    print_summary(summary)
     return EXIT_BY_STATUS.get(status, 1)
