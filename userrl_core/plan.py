@@ -25,6 +25,7 @@ from typing import Any
 from userrl_core.config.schema import RunConfig
 from userrl_core.registry import Kind
 from userrl_core.requirements_check import find_missing
+from userrl_core.memory_estimate import estimate_for_config, format_estimate
 
 
 @dataclass
@@ -209,7 +210,7 @@ def build_plan(config: RunConfig, manager: Any, num_train_tasks: int | None = No
         simulator_key_env=key_env,
         simulator_key_set=key_set,
         warnings=warnings,
-        memory=None,
+        memory=format_estimate(*estimate_for_config(config)),
     )
 
 

@@ -15,10 +15,10 @@ import traceback
 from typing import Sequence
 
 from userrl_core import __version__
-from userrl_core.cli import doctor, eval_cmd, keys, plugins, report_cmd, run, simulate
+from userrl_core.cli import doctor, eval_cmd, keys, plugins, report_cmd, run, simulate, simulator_cmd
 from userrl_core.errors import UserError
 
-COMMANDS = (run, plugins, doctor, simulate, keys, eval_cmd, report_cmd)
+COMMANDS = (run, plugins, doctor, simulate, keys, eval_cmd, report_cmd, simulator_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
