@@ -15,6 +15,7 @@ from the latest checkpoint, so the run continues with the same data order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -136,10 +137,10 @@ class Trainer:
         self.trajectory_score = self.registry.get(Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score)
         data = config.data
         self.train_tasks = apply_system_prompt(
-            load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks).tasks,
+            load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks, env_settings=config.env).tasks,
             config.rollout.system_prompt)
         self.val_tasks = (
-            apply_system_prompt(load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks).tasks,
+            apply_system_prompt(load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks, env_settings=config.env).tasks,
                                 config.rollout.system_prompt)
             if data.val_files else []
         )
@@ -461,7 +462,30 @@ def run_training(config: RunConfig, *, recipe_path: str | None = None, resume: b
     folder.mkdir(parents=True, exist_ok=True)
     _write_config(config, folder)
     quiet_third_party_output()
+    with contextlib.ExitStack() as stack:
+        if config.simulator_server.enabled:
+            config = _start_simulator_server(config, folder, stack)
+        return _train(config, folder, recipe_path, resume, stack)
+
+
+def _start_simulator_server(config: RunConfig, folder: Path, stack: contextlib.ExitStack) -> RunConfig:
+    """Start the recipe's simulator server (stopped when the run ends, however it ends) and
+    route the simulator to it."""
+    from userrl_core.simulator_server import ManagedSimulatorServer, routed_simulator_config
+
+    server = ManagedSimulatorServer(config.simulator_server, log_path=folder / "simulator_server.log")
+    stack.callback(server.stop)
+    server.start()
+    routed = routed_simulator_config(config.simulator, config.simulator_server)
+    return config.model_copy(update={"simulator": routed})
+
+
+def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: bool,
+           stack: contextlib.ExitStack) -> dict[str, Any]:
     components = build_components(config)
+    for backend in {id(b): b for b in (components.rollout, components.training)}.values():
+        if hasattr(backend, "close"):
+            stack.callback(backend.close)
     trainer = Trainer(config, folder, components, recipe_path)
     status, error = "finished", None
     try:

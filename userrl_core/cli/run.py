@@ -41,6 +41,8 @@ def load_checked_recipe(recipe: str, overrides: list[str], *, dry_run: bool = Fa
     """Compose, validate and check plugin names; returns the config and the plugin manager.
     A dry run accepts plugins that are unavailable here (the plan says so)."""
     config = load_recipe(recipe, overrides)
+    if not dry_run:  # GPUs, extras, model, API key: every missing thing named at once, in seconds
+        check_requirements(config, source=recipe)
     manager = get_plugin_manager()
     check_plugin_names(config, manager.registry, source=recipe, allow_unavailable=dry_run)
     return config, manager
@@ -67,7 +69,6 @@ def run_command(args: argparse.Namespace) -> int:
         print(resolved_yaml(config))
         print(format_plan(plan))
         return 0
-    check_requirements(config, source=args.recipe)  # GPUs, extras, model, API key: fail in seconds
     from userrl_core.trainer import run_training
 
     from userrl_core.progress import print_summary
