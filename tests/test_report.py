@@ -98,6 +98,7 @@ def test_finished_run_report_shows_best_step_decisions_and_curves(tmp_path):
     assert "`actor.lr` = `*0.5`" in text
     assert "builtin:smollm2-135m-instruct" in text
     assert "validation below 0.5 × best (collapse onset)" in text
+    assert "| 0 | first validation | 0.4 |" in text
     for name, _, _ in PLOTS:
         assert f"(plots/{name})" in text
     assert_real_plots(run_dir)
@@ -116,10 +117,12 @@ def test_report_shows_episodes_at_best_and_end_with_turn_rewards_and_covered_det
 def test_key_nodes_name_first_best_collapse_guard_and_final(tmp_path):
     data = load_run(make_run_folder(tmp_path))
     nodes = key_nodes(data)
-    assert (0, "first validation") in nodes and (15, "best validation") in nodes
-    assert (25, "validation below 0.5 × best (collapse onset)") in nodes
-    assert (25, "guard: val_reward_drop (rollback) first fired") in nodes
-    assert nodes[-1] == (30, "final step")
+    assert nodes == [
+        (0, "first validation"),
+        (15, "best validation"),
+        (25, "validation below 0.5 × best (collapse onset); guard: val_reward_drop (rollback) first fired"),
+        (30, "final step"),
+    ]
 
 
 def test_crashed_run_without_summary_and_with_a_torn_line(tmp_path):

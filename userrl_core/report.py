@@ -143,6 +143,13 @@ def _figure(rows: int, height: float = 3.2):
     return fig, list(axes)
 
 
+def _step_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _mark_decisions(ax, decisions: list[dict[str, Any]], label: bool) -> None:
     seen: set[str] = set()
     for decision in decisions:
@@ -164,7 +171,7 @@ def _line(ax, data: RunData, key: str, title: str, decisions: list[dict[str, Any
         ax.text(0.5, 0.5, f"{key}: not recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
     _mark_decisions(ax, decisions, label=False)
     ax.set_title(title)
-    ax.set_xlabel("step")
+    _step_axis(ax)
     ax.grid(alpha=0.3)
 
 
@@ -183,7 +190,7 @@ def plot_rewards(data: RunData, path: Path) -> Path:
         ax.text(0.5, 0.5, "no reward recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
     _mark_decisions(ax, data.decisions, label=True)
     ax.set_title("Reward per step (validation: mean over data sources of val-core/*/reward/mean@n)")
-    ax.set_xlabel("step")
+    _step_axis(ax)
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -206,7 +213,7 @@ def plot_response_length(data: RunData, path: Path) -> Path:
         ax.text(0.5, 0.5, "response_length/mean: not recorded", ha="center", va="center", transform=ax.transAxes)
     _mark_decisions(ax, data.decisions, label=False)
     ax.set_title("Tokens per episode")
-    ax.set_xlabel("step")
+    _step_axis(ax)
     ax.grid(alpha=0.3)
     fig.savefig(path)
     return path
@@ -244,7 +251,7 @@ def plot_simulator(data: RunData, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "simulator/cost_usd: not recorded", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Simulator cost so far (USD, sum of simulator/cost_usd)")
-    ax.set_xlabel("step")
+    _step_axis(ax)
     ax.grid(alpha=0.3)
     fig.savefig(path)
     return path
@@ -375,7 +382,10 @@ def key_nodes(data: RunData) -> list[tuple[int, str]]:
             nodes.append((int(decision["step"]), f"guard: {rule} ({decision.get('action')}) first fired"))
     if data.metrics:
         nodes.append((max(int(line["step"]) for line in data.metrics), "final step"))
-    return sorted(nodes)
+    merged: dict[int, list[str]] = {}
+    for step, what in sorted(nodes, key=lambda node: node[0]):  # stable: the order above within a step
+        merged.setdefault(step, []).append(what)
+    return [(step, "; ".join(whats)) for step, whats in merged.items()]
 
 
 def _node_rows(data: RunData) -> list[list[Any]]:

@@ -299,7 +299,7 @@ def _default_rules() -> dict[str, dict[str, Any]]:
         "response_length_collapse": {"action": "warn", "threshold": 0.25, "patience": 3},
         "invalid_action_spike": {"action": "warn", "threshold": 0.5, "patience": 2},
         "simulator_failure_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
-        "grad_norm_vanish": {"action": "stop", "threshold": 1e-8, "patience": 5},
+        "grad_norm_vanish": {"action": "stop", "threshold": 1e-8, "patience": 10},
     }
 
 
