@@ -179,7 +179,8 @@ def plot_rewards(data: RunData, path: Path) -> Path:
     fig, (ax,) = _figure(1, height=4.5)
     key, steps, values = data.first_series(TRAIN_REWARD_KEYS)
     if steps:
-        ax.plot(steps, values, label=f"train ({key})", linewidth=1.2, alpha=0.8)
+        ax.plot(steps, values, label=f"train ({key})", linewidth=1.2, alpha=0.8,
+                marker="." if len(steps) < 60 else None)
     validations = data.validations()
     if validations:
         ax.plot([s for s, _ in validations], [v for _, v in validations], marker="o", label="validation", linewidth=1.8)
