@@ -74,7 +74,10 @@ def test_transcripts_and_summary(quickstart_run: Path) -> None:
     assert episode["turns"] and "reward" in episode["turns"][0]
     summary = json.loads((quickstart_run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 2
-    assert (quickstart_run / "report.md").is_file()
+    report = (quickstart_run / "report.md").read_text()
+    assert "best" in report.lower()
+    plots = list((quickstart_run / "plots").glob("*.png"))
+    assert plots and all(p.stat().st_size > 1000 for p in plots)
 
 
 def test_checkpoint_is_a_loadable_hf_model(quickstart_run: Path) -> None:

@@ -42,6 +42,7 @@ from userrl_core.registry import Kind
 from userrl_core.rollout import RolloutEngine
 from userrl_core.run import RunHandle
 from userrl_core.types import Episode, EpisodeStatus, Task
+from userrl_core.val_reward import validation_reward
 
 log = logging.getLogger("userrl")
 
@@ -107,12 +108,6 @@ def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
             out[f"val-aux/{source}/turns/mean@{n}"] = float(np.mean([len(e.turns) for e in ok]))
         out[f"val-aux/{source}/failed_episodes"] = float(len(group) - len(ok))
     return out
-
-
-def validation_score(metrics: dict[str, float]) -> float | None:
-    """The number the best checkpoint is chosen by: the mean over data sources of val-core rewards."""
-    values = [v for k, v in metrics.items() if k.startswith("val-core/") and "/reward/mean@" in k]
-    return float(np.mean(values)) if values else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +267,7 @@ class Trainer:
         metrics["timing_s/validation"] = time.perf_counter() - t0
         self.recorder.transcripts("val_step", self.step, result.episodes, self.config.logging.transcripts_per_step)
         self.last_val = metrics
-        score = validation_score(metrics)
+        score = validation_reward(metrics)
         if score is not None and (self.handle.best_score is None or score > self.handle.best_score):
             self.handle.best_score, self.handle.best_step = score, self.step
         self._hooks("on_validation_end", step=self.step, metrics=metrics)
@@ -292,7 +287,7 @@ class Trainer:
 
     def _save(self, is_best: bool) -> None:
         t0 = time.perf_counter()
-        meta = {"step": self.step, "val_score": validation_score(self.last_val)}
+        meta = {"step": self.step, "val_score": validation_reward(self.last_val)}
         path = self.checkpoints.save(self.step, self._write_checkpoint, meta)
         self._hooks("on_checkpoint_saved", step=self.step, path=path, is_best=False)
         if is_best:
@@ -316,9 +311,9 @@ class Trainer:
         best = self.checkpoints.best()
         if best is None:
             raise RunStopped("roll-back requested but no best checkpoint exists yet; stopping instead")
-        step_now = self.step
+        step_now, rollbacks = self.step, self.handle.rollbacks
         self._restore(best)
-        self.handle.rollbacks += 1
+        self.handle.rollbacks = rollbacks + 1
         self.config = apply_changes(self.config, changes)
         self.c.training.apply_config(self.config)
         self.handle.config = self.config
@@ -368,6 +363,9 @@ class Trainer:
             val = await self._validate()
             self.recorder.log(0, 0, val)
             self.progress.step(0, val)
+            if self.handle.best_step == 0:  # the untrained model can be the one to roll back to
+                best = self.checkpoints.save_best(0, self.handle.best_score, self._write_checkpoint)
+                self._hooks("on_checkpoint_saved", step=0, path=best, is_best=True)
             self._act_on_pending()
 
         while self.step < self.total_steps:
@@ -407,7 +405,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "best_step": self.handle.best_step,
             "best_val_reward": self.handle.best_score,
-            "final_val_reward": validation_score(self.last_val),
+            "final_val_reward": validation_reward(self.last_val),
             "wall_time_s": time.time() - self.started,
             "decisions": [d.as_dict() for d in self.handle.decisions],
             "rollbacks": self.handle.rollbacks,
