@@ -8,8 +8,10 @@ environments that describe their hidden facts in structured form.
 
 * **Judge** (``purpose="judge"``): the question and, for each still-missing detail, its
   description and its example inquiry are embedded with all-MiniLM-L6-v2; a detail is covered
-  when ``max(cos(question, description), cos(question, inquiry)) > judge_threshold``. The answer
-  is ``{"covered": [numbers]}`` as JSON text.
+  when ``max(cos(question, description), cos(question, inquiry)) > judge_threshold`` and, unless
+  ``simulator.extra.judge_margin`` is null, that score is within the margin of the best detail's
+  (so a question about one detail does not also cover its look-alike siblings: the example
+  inquiries of one task share much wording). The answer is ``{"covered": [numbers]}`` as JSON.
 * **Reply** (``purpose="reply"``): the user states one of the options of every detail the judge
   would count as covered (best match first), picked from ``(seed, task, detail, turn)``; when
   nothing matches, a polite redirect. No detail that was not asked about is ever revealed.
@@ -26,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from userrl_core.config.schema import SimulatorConfig
+from userrl_core.errors import ConfigError
 from userrl_core.types import SimulatorError, SimulatorRequest, SimulatorResponse
 
 from .embeddings import EmbeddingCache, SentenceEncoder
@@ -63,6 +66,23 @@ class Match:
     detail: Detail
 
 
+DEFAULT_MARGIN = 0.02
+"""``simulator.extra.judge_margin`` default; ``null`` turns the relative rule off."""
+
+
+def _margin(config: SimulatorConfig) -> float | None:
+    value = config.extra.get("judge_margin", DEFAULT_MARGIN)
+    if value is None:
+        return None
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        margin = -1.0
+    if not 0.0 <= margin <= 2.0:
+        raise ConfigError(f"simulator.extra.judge_margin: expected a number from 0 to 2 or null, got {value!r}")
+    return margin
+
+
 def stable_index(size: int, *parts: object) -> int:
     """An index in ``range(size)`` that depends only on ``parts`` (not on Python's hash seed)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
@@ -82,6 +102,7 @@ class LocalSimulator:
     def __init__(self, config: SimulatorConfig, *, encoder: SentenceEncoder | None = None) -> None:
         self.config = config
         self.threshold = config.judge_threshold
+        self.margin = _margin(config)
         self.seed = config.seed if config.seed is not None else 0
         self.embeddings = EmbeddingCache(encoder if encoder is not None else SentenceEncoder(config.embedding_model))
         self._stats = SimulatorStats()
@@ -106,7 +127,7 @@ class LocalSimulator:
             self.last_error = exc.last_error
             raise
         if request.purpose == "judge":
-            text = json.dumps({"covered": [m.number for m in matches if m.score > self.threshold]})
+            text = json.dumps({"covered": [m.number for m in self.covered(matches)]})
         else:
             text = self._reply(request.context, matches)
         latency = time.perf_counter() - started
@@ -126,6 +147,16 @@ class LocalSimulator:
         scores = np.maximum(vectors[1:1 + n] @ q, vectors[1 + n:] @ q)
         matches = [Match(d.number, float(s), d) for d, s in zip(details, scores)]
         return sorted(matches, key=lambda m: (-m.score, m.number))
+
+    def covered(self, matches: Sequence[Match]) -> list[Match]:
+        """The matches that count as covered: above the threshold and, when a margin is set,
+        within ``margin`` of the best match (one question about one detail should not also
+        cover its look-alike siblings)."""
+        if not matches:
+            return []
+        best = max(m.score for m in matches)
+        floor = best - self.margin if self.margin is not None else -np.inf
+        return [m for m in matches if m.score > self.threshold and m.score >= floor]
 
     def _read_context(self, request: SimulatorRequest) -> tuple[str, list[Detail]]:
         context = request.context or {}
@@ -160,7 +191,7 @@ class LocalSimulator:
         task = context.get("task", "")
         turn = context.get("turn", 0)
         episode_seed = context.get("seed", 0)
-        covered = [m for m in matches if m.score > self.threshold]
+        covered = self.covered(matches)
         if not covered:
             return _REDIRECTS[stable_index(len(_REDIRECTS), self.seed, episode_seed, task, turn, "redirect")]
         sentences = []

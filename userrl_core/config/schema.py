@@ -174,7 +174,8 @@ class SimulatorConfig(Section):
     retry_backoff: float = Field(0.5, ge=0.0, description="First backoff in seconds; doubles each retry.")
     max_concurrency: int = Field(64, ge=1, description="Simulator calls in flight at most.")
     judge_threshold: float = Field(
-        0.6, ge=-1.0, le=1.0, description="Local simulator: cosine similarity above which a detail counts as covered."
+        0.5, ge=-1.0, le=1.0, description="Local simulator: cosine similarity above which a detail counts as covered "
+        "(0.5 measured best on the IntentionGym train split, see docs/simulators.md)."
     )
     embedding_model: str | None = Field(
         None, description="Local simulator: embedding model folder; defaults to the all-MiniLM-L6-v2 on PyPI."
