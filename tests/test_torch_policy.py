@@ -77,6 +77,19 @@ def test_logprobs_are_aligned_with_input_ids(tiny_model_dir):
     assert float(logprobs[0, 5]) == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_logprobs_follow_the_sampling_temperature(tiny_model_dir):
+    policy = make_policy(tiny_model_dir)
+    batch = make_batch(rows=2)
+    policy.temperature = 0.5
+    logprobs = policy.compute_logprobs(batch)
+    with torch.no_grad():
+        logits = policy.model(input_ids=batch.input_ids[:1, :10]).logits
+    expected = torch.log_softmax(logits[0, 4] / 0.5, -1)[batch.input_ids[0, 5]]
+    assert float(logprobs[0, 5]) == pytest.approx(float(expected), rel=1e-5)
+    unscaled = torch.log_softmax(logits[0, 4], -1)[batch.input_ids[0, 5]]
+    assert float(logprobs[0, 5]) != pytest.approx(float(unscaled), abs=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, mode):
     small = make_policy(tiny_model_dir, loss_agg_mode=mode, ppo_micro_batch_size_per_gpu=1)

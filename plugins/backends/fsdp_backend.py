@@ -90,11 +90,13 @@ class FSDPPolicy(TorchPolicy):
     """One rank's share of the policy; see the module docstring."""
 
     def __init__(self, *, model: torch.nn.Module, tokenizer: Any, actor: Any, rollout_n: int,
-                 total_steps: int | None, mesh: Any, device: torch.device, dtype: str = "float32") -> None:
+                 total_steps: int | None, mesh: Any, device: torch.device, dtype: str = "float32",
+                 temperature: float = 1.0) -> None:
         on_gpu = device.type == "cuda"
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.save_dtype = dtype
-        super().__init__(model=model, tokenizer=tokenizer, actor=actor, rollout_n=rollout_n, total_steps=total_steps)
+        super().__init__(model=model, tokenizer=tokenizer, actor=actor, rollout_n=rollout_n, total_steps=total_steps,
+                         temperature=temperature)
         shard_model(model, mesh=mesh, on_gpu=on_gpu, param_offload=actor.param_offload)
         if self.reference is not None:
             shard_model(self.reference, mesh=mesh, on_gpu=on_gpu, param_offload=actor.param_offload)
@@ -285,7 +287,7 @@ class FSDPWorker:
         self.policy = FSDPPolicy(
             model=model, tokenizer=tokenizer, actor=config.actor, rollout_n=config.rollout.n,
             total_steps=total_steps or config.trainer.total_training_steps, mesh=mesh, device=device,
-            dtype=config.model.dtype if on_gpu else "float32",
+            dtype=config.model.dtype if on_gpu else "float32", temperature=config.rollout.temperature,
         )
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -90,8 +90,12 @@ class TorchPolicy:
         rollout_n: int,
         total_steps: int | None,
         micro_batch_size: int | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.model = model
+        # Log-probs are taken under the distribution the rollout sampled from (logits / T), so the
+        # PPO ratio compares like with like; greedy (T = 0) validation never trains.
+        self.temperature = temperature if temperature > 0 else 1.0
         self.tokenizer = tokenizer
         self.actor = actor
         self.rollout_n = rollout_n
@@ -144,6 +148,7 @@ class TorchPolicy:
             actor=config.actor,
             rollout_n=config.rollout.n,
             total_steps=total_steps or config.trainer.total_training_steps,
+            temperature=config.rollout.temperature,
         )
 
     # ------------------------------------------------------------------ switches
@@ -194,7 +199,8 @@ class TorchPolicy:
     # ------------------------------------------------------------------ log-probs
 
     def _forward(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def _aligned_logprobs(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         shifted = losses.token_logprobs(logits[:, :-1], input_ids[:, 1:])
