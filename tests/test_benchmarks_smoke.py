@@ -1,0 +1,62 @@
+"""The benchmark scripts' --quick modes run and report what they measured (not their speed).
+
+Only the fast ones run here; every script's full run is ``make bench`` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is a folder of scripts at the repository root, not part of the installed package
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("USERRL_BENCH_RESULTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_credit_assignment_quick_agrees_with_the_loop_references(results_dir):
+    from benchmarks import bench_credit_assignment
+
+    payload = bench_credit_assignment.main(["--quick"])
+    assert payload["max_abs_diff_float64"] <= 1e-6
+    assert len(payload["vectorised_s"]) == 3 and payload["speedup"] > 0
+    saved = json.loads((results_dir / "bench_credit_assignment.json").read_text())
+    assert saved["shape"] == "32 x 1024 x 8" and saved["machine"]["cpus"] >= 1
+
+
+def test_reference_loop_matches_the_formula_on_a_hand_example():
+    import torch
+
+    from benchmarks.bench_credit_assignment import reference_loop, reference_turn_masks
+
+    token_turn = torch.tensor([[-1, 0, 0, -1, 1], [-1, 0, -1, -1, -1], [-1, 0, 1, 1, -1]])
+    credits = torch.tensor([[1.0, 3.0], [2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    scores = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1])
+    # group 0: mean 0.5, std 0.7071 -> A = +-0.7071; group 1 is single: A = 0.5 / (1 + 1e-6)
+    a = 0.5 / (2 ** 0.5 / 2 + 1e-6)
+    scale0 = a * 3 / 5  # credits 1, 1, 3 on three tokens: sum 5, three non-zero tokens
+    expected = torch.tensor([[0, scale0, scale0, 0, 3 * scale0], [0, -a, 0, 0, 0], [0, 0, 0, 0, 0]],
+                            dtype=torch.float64)
+    for fn in (reference_loop, reference_turn_masks):
+        assert torch.allclose(fn(token_turn, credits, scores, groups), expected, atol=1e-12)
+
+
+def test_rollout_efficiency_quick_runs_real_episodes(results_dir):
+    from benchmarks import bench_rollout_efficiency
+
+    payload = bench_rollout_efficiency.main(["--quick", "--sequential-episodes", "0"])
+    (record,) = payload["results"]
+    assert record["episodes"] == 8 and record["transport"] == "direct"
+    assert record["simulator_calls"] == 2 * 2 * (8 + 2)  # 2 calls x 2 turns x (8 timed + 2 warm-up) episodes
+    assert record["median_wall_s"] >= payload["ideal_s"]  # nothing can beat the latencies
+    assert 0 < record["efficiency"] <= 1
