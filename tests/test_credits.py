@@ -119,7 +119,11 @@ def test_vectorised_credits_match_a_loop_over_turns(rows, gamma):
 
 def test_turn_credit_methods_are_registered_by_userrl_names():
     registry = get_plugin_manager(fresh=True).registry
-    assert registry.get(Kind.TURN_CREDIT, "Equalized") is credits.equalized
-    assert registry.get(Kind.TURN_CREDIT, "R2G") is credits.reward_to_go
-    assert registry.get(Kind.TURN_CREDIT, "EM") is credits.exponential_map
+    rewards = torch.tensor([[0.4, 0.0, 1.0], [0.7, 0.5, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    for name, fn in {"Equalized": credits.equalized, "R2G": credits.reward_to_go,
+                     "EM": credits.exponential_map}.items():
+        registered = registry.get(Kind.TURN_CREDIT, name)  # imported lazily on first call
+        assert registered.__name__ == fn.__name__
+        assert torch.equal(registered(rewards, mask, gamma=0.8), fn(rewards, mask, gamma=0.8))
     assert registry.entry(Kind.TURN_CREDIT, "EM").plugin == "rewards-core"

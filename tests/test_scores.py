@@ -81,8 +81,11 @@ def test_scores_match_userrl_loop_definitions(rows, gamma):
 
 def test_trajectory_score_methods_are_registered():
     registry = get_plugin_manager(fresh=True).registry
-    assert registry.get(Kind.TRAJECTORY_SCORE, "Sum") is scores.userrl_sum
-    assert registry.get(Kind.TRAJECTORY_SCORE, "R2G") is scores.reward_to_go_score
-    assert registry.get(Kind.TRAJECTORY_SCORE, "mean") is scores.mean_reward
-    assert registry.get(Kind.TRAJECTORY_SCORE, "sum") is scores.sum_reward
+    rewards = torch.tensor([[0.4, 0.0, 1.0], [0.7, 0.5, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    for name, fn in {"Sum": scores.userrl_sum, "R2G": scores.reward_to_go_score,
+                     "mean": scores.mean_reward, "sum": scores.sum_reward}.items():
+        registered = registry.get(Kind.TRAJECTORY_SCORE, name)  # imported lazily on first call
+        assert registered.__name__ == fn.__name__
+        assert torch.equal(registered(rewards, mask, gamma=0.8), fn(rewards, mask, gamma=0.8))
     assert "MEAN" in registry.entry(Kind.TRAJECTORY_SCORE, "Sum").description

@@ -12,8 +12,8 @@ import atexit
 from typing import Any
 
 from userrl_core import hookimpl
-from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend, LocalRankGroup
-from userrl_plugins.backends.torch_policy import load_tokenizer
+
+# torch is imported inside the factory: listing plugins stays fast.
 
 DESCRIPTION = (
     "FSDP2 (fully_shard per decoder layer, bf16 compute with fp32 reduction on GPU, param/optimizer/"
@@ -30,8 +30,10 @@ def training_world(config: Any) -> tuple[int, bool]:
     return (gpus, True) if on_gpu else (config.ray.cpu_ranks, False)
 
 
-def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> FSDPTrainingBackend:
+def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> Any:
     from userrl_core.models import resolve_model_path
+    from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend, LocalRankGroup
+    from userrl_plugins.backends.torch_policy import load_tokenizer
 
     model_dir = str(resolve_model_path(config.model.path))
     tokenizer_dir = str(resolve_model_path(config.model.tokenizer_path)) if config.model.tokenizer_path else model_dir

@@ -10,17 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from userrl_core import hookimpl
-from userrl_plugins.backends.torch_policy import TorchPolicy, load_causal_lm, load_tokenizer, resolve_device
-from userrl_plugins.backends.transformers_backend import TransformersRollout
+
+# torch and transformers are imported inside the factories: listing plugins stays fast.
 
 
-def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> TorchPolicy:
+def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> Any:
     """``total_steps`` (training steps in the run) sets the horizon of the LR schedule."""
+    from userrl_plugins.backends.torch_policy import TorchPolicy
+
     return TorchPolicy.from_config(config, total_steps=total_steps)
 
 
-def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> TransformersRollout:
+def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> Any:
     """Share ``trainer``'s model and tokenizer when given; otherwise load ``model.path``."""
+    from userrl_plugins.backends.torch_policy import load_causal_lm, load_tokenizer, resolve_device
+    from userrl_plugins.backends.transformers_backend import TransformersRollout
+
     if trainer is not None and getattr(trainer, "model", None) is not None:
         model, tokenizer = trainer.model, trainer.tokenizer
     else:
