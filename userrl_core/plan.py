@@ -132,8 +132,8 @@ def plan_geometry(config: RunConfig, num_train_tasks: int | None) -> tuple[Batch
                 f"data.train_batch_size ({tasks}) is larger than the {num_train_tasks} train tasks: "
                 "with data.drop_last no step would run"
             )
-        epoch_steps = steps_per_epoch * trainer.total_epochs
-        total_steps = min(total_steps, epoch_steps) if total_steps is not None else epoch_steps
+        if total_steps is None:  # as in verl, trainer.total_training_steps overrides the epochs
+            total_steps = steps_per_epoch * trainer.total_epochs
 
     world = max(trainer.n_gpus_per_node * trainer.nnodes, 1)
     mini_tasks = actor.ppo_mini_batch_size

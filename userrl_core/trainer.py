@@ -36,6 +36,7 @@ from userrl_core.config import RunConfig, check_plugin_names
 from userrl_core.data import load_tasks
 from userrl_core.errors import RunStopped, UserError
 from userrl_core.metrics import RunRecorder, simulator_delta
+from userrl_core.plan import plan_geometry
 from userrl_core.plugins import PluginManager, get_plugin_manager
 from userrl_core.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.registry import Kind
@@ -75,8 +76,10 @@ def apply_system_prompt(tasks: list[Task], system_prompt: str | None) -> list[Ta
     return out
 
 
-def build_components(config: RunConfig, plugins: PluginManager | None = None) -> Components:
-    """Plugins, simulator, backends and rollout engine for a validated config."""
+def build_components(config: RunConfig, plugins: PluginManager | None = None,
+                     total_steps: int | None = None) -> Components:
+    """Plugins, simulator, backends and rollout engine for a validated config. ``total_steps``
+    is the run's length, the horizon of the learning-rate schedule."""
     plugins = plugins or get_plugin_manager()
     registry = plugins.registry
     check_plugin_names(config, registry)
@@ -84,7 +87,9 @@ def build_components(config: RunConfig, plugins: PluginManager | None = None) ->
     if sim_config.seed is None:
         sim_config = sim_config.model_copy(update={"seed": config.trainer.seed})
     simulator = registry.get(Kind.SIMULATOR, sim_config.name, key_path="simulator.name")(config=sim_config)
-    training = registry.get(Kind.TRAINING_BACKEND, config.actor.backend, key_path="actor.backend")(config=config)
+    training = registry.get(Kind.TRAINING_BACKEND, config.actor.backend, key_path="actor.backend")(
+        config=config, total_steps=total_steps
+    )
     rollout = registry.get(Kind.ROLLOUT_BACKEND, config.rollout.backend, key_path="rollout.backend")(
         config=config, trainer=training
     )
@@ -118,16 +123,15 @@ def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
 class Trainer:
     """Runs one training run into one run folder."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, components: Components, recipe_path: str | None = None):
+    def __init__(self, config: RunConfig, run_dir: Path, components: Components | None = None,
+                 recipe_path: str | None = None):
+        """``components`` defaults to :func:`build_components` once the data has sized the run."""
         self.config = config
         self.run_dir = run_dir
-        self.c = components
-        self.registry = components.plugins.registry
+        plugins = components.plugins if components else get_plugin_manager()
+        self.registry = plugins.registry
+        check_plugin_names(config, self.registry)
         self.recipe_path = recipe_path
-        self.handle = RunHandle(config=config, run_dir=run_dir)
-        self.checkpoints = CheckpointManager(run_dir, keep_last=config.trainer.max_ckpt_to_keep)
-        self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
-                                    wandb_mode=config.logging.wandb.mode)
         self.turn_credit = self.registry.get(Kind.TURN_CREDIT, config.algorithm.turn_credit)
         self.trajectory_score = self.registry.get(Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score)
         data = config.data
@@ -139,8 +143,18 @@ class Trainer:
                                 config.rollout.system_prompt)
             if data.val_files else []
         )
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = config.trainer.total_training_steps or self.steps_per_epoch * config.trainer.total_epochs
+        geometry, _ = plan_geometry(config, len(self.train_tasks))
+        if not geometry.steps_per_epoch:
+            raise UserError(
+                f"data.train_batch_size ({data.train_batch_size}) is larger than the {len(self.train_tasks)} "
+                f"training tasks loaded from {', '.join(data.train_files)}"
+            )
+        self.steps_per_epoch, self.total_steps = geometry.steps_per_epoch, geometry.total_steps
+        self.c = components or build_components(config, plugins, total_steps=self.total_steps)
+        self.handle = RunHandle(config=config, run_dir=run_dir)
+        self.checkpoints = CheckpointManager(run_dir, keep_last=config.trainer.max_ckpt_to_keep)
+        self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
+                                    wandb_mode=config.logging.wandb.mode)
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
@@ -150,16 +164,6 @@ class Trainer:
         self.progress = ConsoleProgress(self.total_steps, live=config.logging.progress)
 
     # ------------------------------------------------------------ geometry and data order
-
-    def _steps_per_epoch(self) -> int:
-        n, b = len(self.train_tasks), self.config.data.train_batch_size
-        steps = n // b if self.config.data.drop_last else -(-n // b)
-        if steps == 0:
-            raise UserError(
-                f"data.train_batch_size ({b}) is larger than the {n} training tasks loaded from "
-                f"{', '.join(self.config.data.train_files)}"
-            )
-        return steps
 
     def _epoch_order(self, epoch: int) -> list[int]:
         if not self.config.data.shuffle:
@@ -480,11 +484,10 @@ def _start_simulator_server(config: RunConfig, folder: Path, stack: contextlib.E
 
 def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: bool,
            stack: contextlib.ExitStack) -> dict[str, Any]:
-    components = build_components(config)
-    for backend in {id(b): b for b in (components.rollout, components.training)}.values():
+    trainer = Trainer(config, folder, recipe_path=recipe_path)
+    for backend in {id(b): b for b in (trainer.c.rollout, trainer.c.training)}.values():
         if hasattr(backend, "close"):
             stack.callback(backend.close)
-    trainer = Trainer(config, folder, components, recipe_path)
     status, error = "finished", None
     try:
         summary = asyncio.run(trainer.run(resume))
