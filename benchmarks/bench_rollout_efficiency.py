@@ -102,8 +102,9 @@ def build(episodes: int, turns: int, base_url: str, transport: str, policy_laten
 
     registry = get_plugin_manager().registry
     tasks = load_tasks(DATA_DIR / "userrl_splits" / "train.parquet", registry).tasks
-    n = max(1, -(-episodes // len(tasks)))  # samples per task so that tasks * n >= episodes
-    n_tasks = -(-episodes // n)
+    # the fewest samples per task that divide the episodes evenly among the tasks available
+    n = next(k for k in range(1, episodes + 1) if episodes % k == 0 and episodes // k <= len(tasks))
+    n_tasks = episodes // n
     config = RunConfig(
         model={"path": "unused"},
         data={"train_files": ["unused"]},
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ["episodes", "turns", "transport", "ideal s", "wall s", "efficiency", "CPU ms / episode-turn"], rows,
     )
     payload = {"settings": vars(args), "ideal_s": ideal, "results": records, "sequential": sequential}
-    path = write_results("bench_rollout_efficiency", payload)
+    stem = "bench_rollout_efficiency" + ("" if args.transport == "auto" else f"_{args.transport}")
+    path = write_results("bench_rollout_efficiency", payload, file_stem=stem)
     print(f"results: {path}")
     return payload
 

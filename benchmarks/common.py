@@ -64,8 +64,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus machine and command) to ``results/<name>.json``; returns the path."""
+def write_results(name: str, payload: dict[str, Any], *, file_stem: str | None = None) -> Path:
+    """Write ``payload`` (plus machine and command) to ``results/<file_stem or name>.json``."""
     folder = Path(os.environ.get(RESULTS_DIR_ENV) or RESULTS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     record = {
@@ -75,7 +75,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
         "machine": machine(),
         **payload,
     }
-    path = folder / f"{name}.json"
+    path = folder / f"{file_stem or name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
