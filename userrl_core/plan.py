@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from userrl_core.config.compose import plugin_references
 from userrl_core.config.schema import RunConfig
 from userrl_core.registry import Kind
 from userrl_core.requirements_check import find_missing
@@ -81,19 +82,6 @@ class ExecutionPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def plugin_names(config: RunConfig) -> list[tuple[Kind, str, str]]:
-    """Every (kind, name, recipe key) the config refers to."""
-    names = [
-        (Kind.SIMULATOR, config.simulator.name, "simulator.name"),
-        (Kind.ROLLOUT_BACKEND, config.rollout.backend, "rollout.backend"),
-        (Kind.TRAINING_BACKEND, config.actor.backend, "actor.backend"),
-        (Kind.TURN_CREDIT, config.algorithm.turn_credit, "algorithm.turn_credit"),
-        (Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score, "algorithm.trajectory_score"),
-    ]
-    names += [(Kind.ENVIRONMENT, env_name, f"env.{env_name}") for env_name in config.env]
-    return names
 
 
 def plan_devices(config: RunConfig) -> DevicePlan:
@@ -175,7 +163,7 @@ def plan_geometry(config: RunConfig, num_train_tasks: int | None) -> tuple[Batch
 def plan_plugins(config: RunConfig, manager: Any) -> list[PluginUse]:
     """The plugin each name resolves to (``manager`` is a loaded PluginManager)."""
     uses = []
-    for kind, name, key in plugin_names(config):
+    for kind, name, key in plugin_references(config):
         entry = next((e for e in manager.registry.entries() if e.kind == kind and e.name == name), None)
         if entry is None:
             uses.append(PluginUse(key, kind.label, name, None, None, None, "unknown"))

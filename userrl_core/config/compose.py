@@ -83,23 +83,28 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(compose_recipe(path, overrides), source=str(path))
 
 
-def check_plugin_names(
-    config: RunConfig, registry: Any, source: str = "recipe", *, allow_unavailable: bool = False
-) -> None:
-    """Every plugin name the config uses must be registered (and available, unless
-    ``allow_unavailable``: a dry run plans a GPU recipe on a CPU machine and reports it)."""
-    from userrl_core.errors import UnknownNameError
+def plugin_references(config: RunConfig) -> list[tuple[Any, str, str]]:
+    """Every (kind, name, recipe key) the config refers to."""
     from userrl_core.registry import Kind
 
-    checks = [
+    names = [
         (Kind.SIMULATOR, config.simulator.name, "simulator.name"),
         (Kind.ROLLOUT_BACKEND, config.rollout.backend, "rollout.backend"),
         (Kind.TRAINING_BACKEND, config.actor.backend, "actor.backend"),
         (Kind.TURN_CREDIT, config.algorithm.turn_credit, "algorithm.turn_credit"),
         (Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score, "algorithm.trajectory_score"),
     ]
-    checks += [(Kind.ENVIRONMENT, name, f"env.{name}") for name in config.env]
-    for kind, name, key in checks:
+    return names + [(Kind.ENVIRONMENT, env_name, f"env.{env_name}") for env_name in config.env]
+
+
+def check_plugin_names(
+    config: RunConfig, registry: Any, source: str = "recipe", *, allow_unavailable: bool = False
+) -> None:
+    """Every plugin name the config uses must be registered (and available, unless
+    ``allow_unavailable``: a dry run plans a GPU recipe on a CPU machine and reports it)."""
+    from userrl_core.errors import UnknownNameError
+
+    for kind, name, key in plugin_references(config):
         if allow_unavailable and name in registry.names(kind):
             continue
         try:
