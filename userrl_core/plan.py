@@ -24,7 +24,6 @@ from typing import Any
 
 from userrl_core.config.compose import plugin_references
 from userrl_core.config.schema import RunConfig
-from userrl_core.registry import Kind
 from userrl_core.requirements_check import find_missing
 from userrl_core.memory_estimate import estimate_for_config, format_estimate
 
