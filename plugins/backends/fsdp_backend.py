@@ -133,13 +133,7 @@ class FSDPPolicy(TorchPolicy):
         """This rank's rows of one mini-batch, normalised by the whole mini-batch; loss statistics
         summed over ranks (they are shares of the mini-batch value)."""
         self.optimizer.zero_grad(set_to_none=True)
-        mask_all = batch.loss_mask[:, 1:].float()
-        tokens_per_row = mask_all.sum(dim=1)
-        total_tokens = float(tokens_per_row.sum())
-        if self.actor.loss_agg_mode == "token-mean":
-            denominator = total_tokens
-        else:
-            denominator = float((tokens_per_row > 0).sum())
+        mask_all, tokens_per_row, total_tokens, denominator = self.loss_normaliser(batch)
         if total_tokens == 0:
             return {}
         n_rows = int(batch.input_ids.shape[0])

@@ -284,17 +284,22 @@ class TorchPolicy:
             out[-1].append(row)
         return out
 
-    def accumulate_gradients(self, batch: TrainBatch) -> dict[str, float]:
-        """Zero the gradients and accumulate the loss gradient of one mini-batch, micro-batch by
-        micro-batch. Returns the mini-batch's ``actor/*`` loss statistics. No optimizer step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def loss_normaliser(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """The shifted loss mask, tokens per row, all tokens, and the denominator that makes
+        micro-batch losses add up to the mini-batch loss (tokens for token-mean; for seq-mean-*
+        the sequences with at least one loss token, as ``losses.aggregate`` counts them)."""
         mask_all = batch.loss_mask[:, 1:].float()
         tokens_per_row = mask_all.sum(dim=1)
         total_tokens = float(tokens_per_row.sum())
         if self.actor.loss_agg_mode == "token-mean":
-            denominator = total_tokens
-        else:  # seq-mean-*: sequences with at least one loss token, as losses.aggregate counts them
-            denominator = float((tokens_per_row > 0).sum())
+            return mask_all, tokens_per_row, total_tokens, total_tokens
+        return mask_all, tokens_per_row, total_tokens, float((tokens_per_row > 0).sum())
+
+    def accumulate_gradients(self, batch: TrainBatch) -> dict[str, float]:
+        """Zero the gradients and accumulate the loss gradient of one mini-batch, micro-batch by
+        micro-batch. Returns the mini-batch's ``actor/*`` loss statistics. No optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        mask_all, tokens_per_row, total_tokens, denominator = self.loss_normaliser(batch)
         stats: dict[str, float] = {}
         if total_tokens == 0:
             return stats
