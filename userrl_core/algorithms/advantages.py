@@ -80,19 +80,26 @@ def group_normalized_scores(
     return centred / (std[member_of] + eps) if norm_by_std else centred
 
 
-def token_credits(token_turn: torch.Tensor, turn_credits: torch.Tensor) -> torch.Tensor:
-    """Spread turn credits ``[E, K]`` onto tokens ``[E, T]`` (float64; 0 where ``token_turn`` is -1)."""
+def _check_shapes(token_turn: torch.Tensor, turn_credits: torch.Tensor) -> None:
     if token_turn.dim() != 2 or turn_credits.dim() != 2 or token_turn.shape[0] != turn_credits.shape[0]:
         raise ValueError(
             f"token_turn must be [episodes, tokens] and turn_credits [episodes, turns] with the same "
             f"episodes; got {tuple(token_turn.shape)} and {tuple(turn_credits.shape)}"
         )
     n_turns = turn_credits.shape[1]
-    if token_turn.numel() and (token_turn.min() < -1 or token_turn.max() >= n_turns):
-        raise ValueError(
-            f"token_turn holds turn indices in [{int(token_turn.min())}, {int(token_turn.max())}] but "
-            f"turn_credits has {n_turns} turn slots (valid: -1 for non-policy tokens, 0..{n_turns - 1})"
-        )
+    if token_turn.numel():
+        low, high = torch.aminmax(token_turn)
+        if low < -1 or high >= n_turns:
+            raise ValueError(
+                f"token_turn holds turn indices in [{int(low)}, {int(high)}] but turn_credits has "
+                f"{n_turns} turn slots (valid: -1 for non-policy tokens, 0..{n_turns - 1})"
+            )
+
+
+def token_credits(token_turn: torch.Tensor, turn_credits: torch.Tensor) -> torch.Tensor:
+    """Spread turn credits ``[E, K]`` onto tokens ``[E, T]`` (float64; 0 where ``token_turn`` is -1)."""
+    _check_shapes(token_turn, turn_credits)
+    n_turns = turn_credits.shape[1]
     credits = turn_credits.to(torch.float64)
     if not torch.isfinite(credits).all():
         raise ValueError("turn credits must be finite")
@@ -126,10 +133,22 @@ def grpo_multiturn_advantages(
     """
     if scores.shape != (token_turn.shape[0],):
         raise ValueError(f"scores must be [{token_turn.shape[0]}] (one per episode); got {tuple(scores.shape)}")
-    per_token = token_credits(token_turn, turn_credits)
+    _check_shapes(token_turn, turn_credits)
+    credits = turn_credits.to(torch.float64)
+    if not torch.isfinite(credits).all():
+        raise ValueError("turn credits must be finite")
     normalized = group_normalized_scores(scores, group_ids, norm_by_std=norm_by_std, eps=eps)
-    total = per_token.sum(dim=1)
-    nonzero = (per_token != 0).sum(dim=1).to(torch.float64)
+    # Everything per episode is computed in turn space ([E, K], small); the token tensor is read
+    # twice (turn token counts, final lookup), which is what bounds this function's speed.
+    slot = token_turn.long() + 1  # slot 0 collects the tokens the policy did not sample
+    n_episodes, n_turns = credits.shape
+    counts = torch.zeros(n_episodes, n_turns + 1, dtype=torch.float64, device=credits.device)
+    counts.scatter_add_(1, slot, torch.ones(1, dtype=torch.float64, device=credits.device).expand(slot.shape))
+    counts = counts[:, 1:]
+    total = (credits * counts).sum(dim=1)
+    nonzero = (counts * (credits != 0)).sum(dim=1)
     has_credit = total != 0
     scale = torch.where(has_credit, normalized * nonzero / torch.where(has_credit, total, 1.0), 0.0)
-    return (per_token * scale.unsqueeze(1)).to(dtype)
+    per_turn = torch.zeros(n_episodes, n_turns + 1, dtype=dtype, device=credits.device)
+    per_turn[:, 1:] = (credits * scale.unsqueeze(1)).to(dtype)
+    return torch.gather(per_turn, 1, slot)
