@@ -60,7 +60,9 @@ class _Live:
     finished: bool = False
     turn_closed: bool = True  # the last sampled turn ended with the end-of-turn token
     feedback: Message | None = None  # the message to append before the next turn
-    mismatch: bool = False
+    # (ids, messages) held after the latest appended environment message: checked against a
+    # fresh rendering once, when the episode is over (a mismatch anywhere shows there too)
+    check_point: tuple[int, int] | None = None
 
     @property
     def ids(self) -> list[int]:
@@ -125,10 +127,12 @@ class RolloutEngine:
                 self._apply_step(state, outcome)
             for state in active:
                 if not state.finished:
-                    self._continue(state, counters)
+                    self._continue(state)
             turn += 1
         for state in live:
             self._collect_metrics(state)
+            if self._retokenization_differs(state):
+                counters.mismatched_episodes += 1
         counters.total_s = time.perf_counter() - started
         episodes = [s.episode for s in live]
         metrics = rollout_metrics(episodes, counters)
@@ -296,7 +300,7 @@ class RolloutEngine:
             return
         state.feedback = {"role": self.observation_role, "content": outcome.observation}
 
-    def _continue(self, state: _Live, counters: RolloutCounters) -> None:
+    def _continue(self, state: _Live) -> None:
         """After a turn that did not end the episode: stop at max_turns, else append the
         feedback message's tokens (masked out) for the next turn."""
         episode = state.episode
@@ -313,9 +317,7 @@ class RolloutEngine:
         episode.messages.append(state.feedback)
         state.feedback = None
         state.turn_closed = True
-        if not state.mismatch and not self.tokens.matches_rendering(episode.token_ids, episode.messages):
-            state.mismatch = True
-            counters.mismatched_episodes += 1
+        state.check_point = (len(episode.token_ids), len(episode.messages))
 
     # ---------------------------------------------------------------------------------------
     # Endings
@@ -338,6 +340,17 @@ class RolloutEngine:
         self._finish(state, "failed")
         state.episode.status = EpisodeStatus.FAILED
         state.episode.error = message
+
+    def _retokenization_differs(self, state: _Live) -> bool:
+        """Whether the ids held at the episode's last appended environment message differ from a
+        fresh rendering of its messages up to there. One check per episode: a template that
+        re-renders history, or sampled ids that are not the canonical tokenisation of their text,
+        anywhere before that point, shows in the whole rendering too."""
+        if state.check_point is None:
+            return False
+        n_ids, n_messages = state.check_point
+        episode = state.episode
+        return not self.tokens.matches_rendering(episode.token_ids[:n_ids], episode.messages[:n_messages])
 
     def _collect_metrics(self, state: _Live) -> None:
         episode = state.episode

@@ -10,7 +10,8 @@ assistant turn replaced by a unique marker, followed by the new messages and the
 prompt; the text after the marker's end-of-turn is the continuation. Because only the text
 after the marker is used, a template that re-renders earlier turns differently (Qwen3 drops
 ``<think>`` from earlier assistant turns) cannot change the ids already held.
-:meth:`ChatTokens.matches_rendering` tells whether the held ids still equal a fresh rendering,
+:meth:`ChatTokens.matches_rendering` tells whether the held ids still equal a fresh rendering (the
+engine asks once per episode, at its last appended message),
 which the engine counts as ``rollout/retokenization_mismatch_rate``.
 """
 
