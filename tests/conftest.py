@@ -50,3 +50,14 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     model.save_pretrained(str(folder))
     smol_tokenizer.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture
+def srv(server):
+    """The test module's loopback OpenAI-compatible server (its own ``server`` fixture), reset
+    and answering "ok" by default."""
+    from support.openai_server import reply
+
+    server.reset()
+    server.default = reply("ok")
+    return server

@@ -28,13 +28,6 @@ def server():
         yield srv
 
 
-@pytest.fixture
-def srv(server):
-    server.reset()
-    server.default = reply("ok")
-    return server
-
-
 def make(srv: OpenAIServer, **overrides):
     settings = dict(name="litellm", model="openai/test-model", api_base=srv.base_url, timeout=2.0,
                     num_retries=2, retry_backoff=0.01)

@@ -29,13 +29,6 @@ def server():
         yield srv
 
 
-@pytest.fixture
-def srv(server):
-    server.reset()
-    server.default = reply("ok")
-    return server
-
-
 def run(coro):
     return asyncio.run(coro)
 

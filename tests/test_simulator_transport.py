@@ -26,13 +26,6 @@ def server():
         yield srv
 
 
-@pytest.fixture
-def srv(server):
-    server.reset()
-    server.default = reply("ok")
-    return server
-
-
 def make(srv, transport, **overrides):
     settings = dict(name="litellm", model="openai/test-model", api_base=srv.base_url, timeout=1.0,
                     num_retries=1, retry_backoff=0.01, extra={"transport": transport})

@@ -115,7 +115,8 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     transcripts into ``out_dir`` and return what ``eval.json`` holds."""
     from userrl_core.data import load_tasks
     from userrl_core.metrics import episode_record, simulator_delta
-    from userrl_core.trainer import apply_system_prompt, build_components, validation_metrics
+    from userrl_core.rollout import validation_metrics
+    from userrl_core.trainer import apply_system_prompt, build_components
 
     if n < 1:
         raise UserError(f"--n must be at least 1; got {n}")

@@ -40,9 +40,9 @@ from userrl_core.plan import plan_geometry
 from userrl_core.plugins import PluginManager, get_plugin_manager
 from userrl_core.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.registry import Kind
-from userrl_core.rollout import RolloutEngine
+from userrl_core.rollout import RolloutEngine, validation_metrics
 from userrl_core.run import RunHandle
-from userrl_core.types import Episode, EpisodeStatus, Task
+from userrl_core.types import Episode, Task
 from userrl_core.val_reward import validation_reward
 
 log = logging.getLogger("userrl")
@@ -95,24 +95,6 @@ def build_components(config: RunConfig, plugins: PluginManager | None = None,
     )
     engine = RolloutEngine(rollout, registry, simulator, config)
     return Components(config, plugins, simulator, training, rollout, engine)
-
-
-def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
-    """``val-core/<data_source>/reward/mean@n`` (mean episode score = sum of turn rewards) and
-    ``val-aux`` coverage/turns per data source; failed episodes are counted, not averaged."""
-    out: dict[str, float] = {}
-    by_source: dict[str, list[Episode]] = {}
-    for episode in episodes:
-        by_source.setdefault(episode.task.data_source, []).append(episode)
-    for source, group in sorted(by_source.items()):
-        ok = [e for e in group if e.status is not EpisodeStatus.FAILED]
-        if ok:
-            out[f"val-core/{source}/reward/mean@{n}"] = float(np.mean([e.metrics.get("score", 0.0) for e in ok]))
-            if any("coverage" in e.metrics for e in ok):
-                out[f"val-aux/{source}/coverage/mean@{n}"] = float(np.mean([e.metrics.get("coverage", 0.0) for e in ok]))
-            out[f"val-aux/{source}/turns/mean@{n}"] = float(np.mean([len(e.turns) for e in ok]))
-        out[f"val-aux/{source}/failed_episodes"] = float(len(group) - len(ok))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
