@@ -13,7 +13,8 @@ from safetensors import safe_open
 
 from userrl_core.config.schema import RunConfig
 from userrl_core.types import TrainBatch
-from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend, LocalRankGroup, RankGroupError
+from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend
+from userrl_plugins.backends.rank_processes import LocalRankGroup, RankGroupError
 from userrl_plugins.backends.torch_policy import TorchPolicy, load_causal_lm, load_tokenizer
 
 ATOL = 2e-5

@@ -21,8 +21,8 @@ module adds what sharding needs:
   ``lm_head.weight`` dropped), and a sharded ``torch.distributed.checkpoint`` folder for resume.
 
 The trainer talks to :class:`FSDPTrainingBackend`, which owns the rank processes: local
-processes (:class:`LocalRankGroup`, what the CPU tests use with gloo) or Ray actors in a
-placement group on the recipe's GPUs (``userrl_plugins.backends.ray_placement``).
+processes (``userrl_plugins.backends.rank_processes``, what the CPU tests use with gloo) or Ray
+actors in a placement group on the recipe's GPUs (``userrl_plugins.backends.ray_placement``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import multiprocessing as mp
 import os
-import socket
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -301,116 +297,6 @@ class FSDPWorker:
             dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------- rank groups
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, conn: Any, config: Any, model_dir: str,
-               total_steps: int | None, threads: int) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(threads)
-    worker = None
-    try:
-        worker = FSDPWorker(config, model_dir, total_steps)
-        conn.send(("ok", None))
-        while True:
-            message = conn.recv()
-            if message is None:
-                break
-            method, args, kwargs = message
-            try:
-                conn.send(("ok", getattr(worker, method)(*args, **kwargs)))
-            except Exception as exc:  # sent back to the driver, which raises it
-                conn.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            conn.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        if worker is not None:
-            worker.close()
-        conn.close()
-
-
-class RankGroupError(RuntimeError):
-    """A rank raised; the message carries its traceback."""
-
-
-class LocalRankGroup:
-    """``world`` rank processes on this machine (spawned), driven over pipes. One call runs on
-    every rank at once (the calls are collectives) and returns every rank's result."""
-
-    def __init__(self, config: Any, model_dir: str, *, world: int, total_steps: int | None = None,
-                 threads_per_rank: int = 1) -> None:
-        context = mp.get_context("spawn")
-        port = free_port()
-        self.processes: list[Any] = []
-        self.conns: list[Any] = []
-        for rank in range(world):
-            parent, child = context.Pipe()
-            process = context.Process(
-                target=_rank_main, args=(rank, world, port, child, config, model_dir, total_steps, threads_per_rank),
-                daemon=True, name=f"userrl-fsdp-rank{rank}",
-            )
-            process.start()
-            child.close()
-            self.processes.append(process)
-            self.conns.append(parent)
-        self._collect()
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
-
-    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        for conn in self.conns:
-            conn.send((method, args, kwargs))
-        return self._collect()
-
-    def _collect(self, grace_after_error: float = 5.0) -> list[Any]:
-        """Every rank's answer, in rank order. When one rank fails, the others are likely stuck
-        in a collective: they get a short grace, then the whole group is stopped."""
-        answers: dict[int, tuple[str, Any]] = {}
-        deadline: float | None = None
-        while len(answers) < len(self.conns):
-            for rank, conn in enumerate(self.conns):
-                if rank in answers or not conn.poll(0.05):
-                    if rank not in answers and not self.processes[rank].is_alive() and not conn.poll(0):
-                        answers[rank] = ("error", f"rank {rank} exited (exit code {self.processes[rank].exitcode})")
-                    continue
-                try:
-                    answers[rank] = conn.recv()
-                except EOFError:
-                    answers[rank] = ("error", f"rank {rank} exited (exit code {self.processes[rank].exitcode})")
-            if deadline is None and any(status == "error" for status, _ in answers.values()):
-                deadline = time.monotonic() + grace_after_error
-            if deadline is not None and time.monotonic() > deadline:
-                break
-        errors = [value for status, value in answers.values() if status == "error"]
-        if errors or len(answers) < len(self.conns):
-            self.shutdown()
-            raise RankGroupError("\n".join(errors) or "ranks did not answer")
-        return [answers[rank][1] for rank in range(len(self.conns))]
-
-    def shutdown(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(Exception):
-                conn.send(None)
-        for process in self.processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
-        self.processes, self.conns = [], []
-
-
 class FSDPTrainingBackend:
     """The trainer's handle on the FSDP ranks (``actor.backend: fsdp``). Each method is a
     collective call on every rank; results come from rank 0 (they are identical on all ranks
@@ -467,7 +353,4 @@ class FSDPTrainingBackend:
             self.group.shutdown()
 
 
-__all__ = [
-    "FSDPPolicy", "FSDPWorker", "FSDPTrainingBackend", "LocalRankGroup", "RankGroupError",
-    "decoder_layers", "shard_model",
-]
+__all__ = ["FSDPPolicy", "FSDPWorker", "FSDPTrainingBackend", "decoder_layers", "shard_model"]

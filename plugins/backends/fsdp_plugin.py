@@ -32,7 +32,8 @@ def training_world(config: Any) -> tuple[int, bool]:
 
 def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> Any:
     from userrl_core.models import resolve_model_path
-    from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend, LocalRankGroup
+    from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend
+    from userrl_plugins.backends.rank_processes import LocalRankGroup
     from userrl_plugins.backends.torch_policy import load_tokenizer
 
     model_dir = str(resolve_model_path(config.model.path))

@@ -34,7 +34,7 @@ class RankActor:
         """This node's IP and a free port on it (rank 0's is the rendezvous address)."""
         import ray
 
-        from userrl_plugins.backends.fsdp_backend import free_port
+        from userrl_plugins.backends.rank_processes import free_port
 
         ip = ray.util.get_node_ip_address()
         return ip, free_port("0.0.0.0" if ip not in {"127.0.0.1", "localhost"} else "127.0.0.1")
@@ -123,7 +123,7 @@ class RayRankGroup:
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         from ray.exceptions import RayError
 
-        from userrl_plugins.backends.fsdp_backend import RankGroupError
+        from userrl_plugins.backends.rank_processes import RankGroupError
 
         try:
             return self._ray.get([actor.run.remote(method, *args, **kwargs) for actor in self.actors])
