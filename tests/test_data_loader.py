@@ -223,3 +223,21 @@ def test_env_settings_reach_validation(registry, tmp_path):
         load_tasks(path, registry)  # not in the shipped bank
     tasks = load_tasks(path, registry, env_settings={"IntentionGym": {"task_files": [str(bank)]}})
     assert [t.id for t in tasks.tasks] == ["b1"]
+
+
+# ------------------------------------------------------------------------------ title-keyed rows
+
+
+def test_title_keyed_rows_get_the_title_as_id_and_null_columns_are_dropped(registry, tmp_path):
+    # UserRL's TelepathyGym/TurtleGym rows name their task by create_kwargs.title and carry no
+    # id; in a mixed file the other gyms' columns (id, task, ...) are null in those rows.
+    rows = shipped_rows(2)
+    kwargs = rows[1]["extra_info"]["tools_kwargs"]["interact_with_env"]["create_kwargs"]
+    kwargs.update(id=None, title="Kiwi")
+    mixed = write_parquet(tmp_path / "mixed.parquet", rows)
+    from userrl_core.data import _read_parquet, _task_from_verl
+
+    first, second = (_task_from_verl(row, "row") for row in _read_parquet(mixed))
+    assert second.id == "Kiwi" and "id" not in second.payload and second.payload["title"] == "Kiwi"
+    assert "title" not in first.payload and first.id == rows[0]["extra_info"]["tools_kwargs"][
+        "interact_with_env"]["create_kwargs"]["id"]

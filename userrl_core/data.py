@@ -4,8 +4,11 @@ Users' existing UserRL parquet files load unchanged. Each row is routed to its e
 plugin by ``extra_info.tools_kwargs.interact_with_env.create_kwargs.env_name``:
 
 - ``Task.prompt`` is the row's ``prompt`` messages, ``Task.payload`` the ``create_kwargs``
-  (``env_name``, ``id``, ``task``, ``category`` ...), ``Task.data_source`` the row's
-  ``data_source`` (``interact_intention``), which names the validation metrics.
+  (``env_name``, ``id``, ``task``, ``category`` ...; keys that are null in the row, as a mixed
+  file's other gyms' columns are, left out), ``Task.data_source`` the row's ``data_source``
+  (``interact_intention``), which names the validation metrics. ``Task.id`` is
+  ``create_kwargs.id``, or its ``title`` for the gyms UserRL keys by title (TelepathyGym,
+  TurtleGym).
 - JSON (a list of objects) and JSONL (one object a line) task files hold ``id``, ``env_name``,
   optional ``data_source`` (defaults to ``env_name``) and ``prompt`` (a list of messages); every
   other key goes into ``payload``.
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from userrl_core.errors import DataError, UnknownNameError, UserError
 from userrl_core.registry import Kind, Registry
@@ -50,8 +53,25 @@ class ChatMessage(BaseModel):
 
 
 class CreateKwargs(_Open):
+    """The environment's creation arguments. UserRL names a task by ``id`` in most gyms and by
+    ``title`` in TelepathyGym and TurtleGym; the task id is whichever the row has (``id`` first)."""
+
     env_name: str = Field(min_length=1)
-    id: str = Field(min_length=1)
+    title: str | None = None
+    id: str | None = Field(None, validate_default=True)
+
+    @field_validator("id")
+    @classmethod
+    def _id_or_title(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and not info.data.get("title"):
+            raise ValueError("a task needs a non-empty string id (or, as in UserRL's title-keyed gyms, a title)")
+        if value is not None and not value:
+            raise ValueError("the task id must be a non-empty string")
+        return value
+
+    @property
+    def task_id(self) -> str:
+        return self.id or str(self.title)
 
 
 class InteractWithEnv(_Open):
@@ -177,9 +197,11 @@ def _read_json(path: Path) -> Iterator[Any]:
 def _task_from_verl(row: dict[str, Any], where: str) -> Task:
     parsed = VerlRow.model_validate(row)
     kwargs = parsed.extra_info.tools_kwargs.interact_with_env.create_kwargs
-    payload = kwargs.model_dump()
+    # A parquet file that mixes gyms has the union of their columns; a key another gym uses is
+    # null in this row and is not part of this task's payload.
+    payload = kwargs.model_dump(exclude_none=True)
     return Task(
-        id=kwargs.id,
+        id=kwargs.task_id,
         env_name=kwargs.env_name,
         data_source=parsed.data_source,
         prompt=[m.model_dump() for m in parsed.prompt],
