@@ -361,3 +361,18 @@ def test_custom_task_files_setting(tmp_path):
     with pytest.raises(ConfigError, match=r"env\.IntentionGym\.task_files: .*does not exist"):
         make_env(task=task, simulator=ScriptedSimulator([]), settings={"task_files": [str(tmp_path / "x.json")]},
                  seed=0)
+
+
+def test_hostile_judge_reply_goes_through_reask_then_fail():
+    """A judge that answers with nesting deeper than Python's recursion limit: the environment
+    re-asks judge_retries times, then fails the turn without a reward (it used to raise
+    RecursionError out of step())."""
+    nested = '{"covered": ' + "[" * 5000 + "]" * 5000 + "}"
+    sim = ScriptedSimulator(judge=[nested, nested, nested])
+    env = make_env(task=make_task(), simulator=sim, settings={"judge_retries": 2})
+    asyncio.run(env.reset())
+    result = asyncio.run(env.step(Action("action", "Where to?")))
+    assert result.status is StepStatus.SIMULATOR_FAILED
+    assert result.reward is None and result.done
+    assert len(sim.calls("judge")) == 3
+    assert env.metrics()["judge/reasks"] == 2

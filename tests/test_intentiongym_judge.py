@@ -46,3 +46,15 @@ def test_parses_verdicts(text, covered, out_of_range):
 def test_rejects_unusable_replies(text, message):
     with pytest.raises(JudgeReplyError, match=message):
         parse_judge_reply(text, SHOWN)
+
+
+@pytest.mark.parametrize("text", [
+    '{"covered": ' + "[" * 5000 + "]" * 5000 + "}",   # raised RecursionError before
+    '{"covered": [' + "9" * 5000 + "]}",               # raised ValueError (int over 4,300 digits)
+    '{"covered": ["' + "9" * 5000 + '"]}',            # raised ValueError from int() of the text
+    "{" * 100_000,
+])
+def test_hostile_replies_raise_only_judge_reply_error(text):
+    with pytest.raises(JudgeReplyError) as info:
+        parse_judge_reply(text, {1, 2})
+    assert len(str(info.value)) < 400
