@@ -112,6 +112,49 @@ def test_equal_scores_give_zero_advantage():
     assert got.abs().max().item() == 0.0
 
 
+def userrl_float32_normalisation(group_scores: list[float], eps: float = EPS) -> list[float]:
+    """UserRL's group statistics, as verl/trainer/ppo/core_algos.py (compute_grpo_multiturn_advantage)
+    computes them: ``torch.tensor(trajectory_scores)`` (float32 from Python floats), then
+    ``torch.mean`` / ``torch.std`` over the group's stacked scores and ``(s - mean) / (std + eps)``."""
+    t = torch.tensor(group_scores)
+    assert t.dtype == torch.float32
+    return ((t - torch.mean(t)) / (torch.std(t) + eps)).tolist()
+
+
+def test_float64_statistics_against_userrls_float32_as_docs_algorithms_md_says():
+    # The figures of docs/algorithms.md ("The statistics are computed in float64 ..."), re-measured
+    # on 400 random groups of 8 Sum scores of IntentionGym-like turn rewards.
+    gen = torch.Generator().manual_seed(0)
+    alphabet = torch.tensor([0.0, 0.2, 0.4, 0.49999999999999994, 0.6, 0.7, 0.8, 1.0], dtype=torch.float64)
+    n_groups = 400
+    turns = torch.randint(1, 9, (n_groups * 8,), generator=gen)
+    picks = alphabet[torch.randint(0, len(alphabet), (n_groups * 8, 8), generator=gen)]
+    mask = (torch.arange(8).unsqueeze(0) < turns.unsqueeze(1)).double()
+    all_scores = scores.userrl_sum(picks * mask, mask)
+    all_ours = adv.group_normalized_scores(all_scores, torch.arange(n_groups * 8) // 8)
+    rel = []
+    for g in range(n_groups):
+        group = all_scores[g * 8:(g + 1) * 8]
+        if group.max() == group.min():
+            continue
+        theirs = userrl_float32_normalisation(group.tolist())
+        rel += [abs(a - b) / abs(a) for a, b in zip(all_ours[g * 8:(g + 1) * 8].tolist(), theirs) if abs(a) > 1e-3]
+    rel.sort()
+    assert rel[len(rel) // 2] < 1e-6  # typical: ~2e-7
+    assert rel[int(0.99 * len(rel))] < 1e-4  # 99th percentile: ~1e-5
+    assert 1e-7 < rel[-1] < 1e-2  # not identical, never far off
+    # Near-tied: seven equal scores and one 1e-4 higher differ by ~1e-3 relative.
+    near = [0.3333] * 7 + [0.3334]
+    ours = adv.group_normalized_scores(torch.tensor(near, dtype=torch.float64), torch.zeros(8)).tolist()
+    theirs = userrl_float32_normalisation(near)
+    assert 5e-4 < abs(ours[0] - theirs[0]) / abs(ours[0]) < 5e-3
+    # Tied: float64 gives ~0; UserRL's float32 group mean is not exactly 0.1, so every episode
+    # of the group gets about -0.0074 (in std units) there.
+    tied = [0.1] * 8
+    assert max(abs(a) for a in adv.group_normalized_scores(torch.tensor(tied, dtype=torch.float64), torch.zeros(8))) < 1e-9
+    assert all(-0.008 < a < -0.007 for a in userrl_float32_normalisation(tied))
+
+
 def test_groups_are_any_integers_in_any_order():
     # Group 42: scores 1 and 3 -> mean 2, std sqrt(2) -> A = -+1 / (1.4142136 + 1e-6)
     # Group 7: scores 0, 0, 3 -> mean 1, std sqrt((1 + 1 + 4) / 2) = sqrt(3)

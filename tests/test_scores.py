@@ -1,6 +1,9 @@
-"""Trajectory-score methods: hand-computed tables, UserRL's 'Sum' (a rounded mean), registration."""
+"""Trajectory-score methods: hand-computed tables, UserRL's 'Sum' (a rounded mean) to the bit, registration."""
 
 from __future__ import annotations
+
+import math
+import sys
 
 import pytest
 import torch
@@ -22,6 +25,68 @@ def test_userrl_sum_is_the_mean_rounded_to_four_decimals():
     # (0.2 + 0 + 1) / 3 = 0.4; (0.7 + 0.1) / 2 = 0.4; (1 + 0 + 0) / 3 = 0.333333 -> 0.3333; no turns -> 0
     got = scores.userrl_sum(REWARDS, MASK)
     assert got.tolist() == pytest.approx([0.4, 0.4, 0.3333, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rewards, expected",
+    [
+        # 0.1 / 16 is 0.00625000000000000035 in binary: Python's round gives 0.0063; rounding
+        # 62.5 (= 0.00625 * 10**4 in floating point) half-to-even would give 0.0062.
+        ([0.1] + [0.0] * 15, 0.0063),
+        # 4.13 / 8 = 0.51625 (binary value just above): 0.5162 in UserRL; torch's sum + round gave 0.5163.
+        ([0.98, 0.45, 0.67, 0.12, 0.01, 0.59, 0.76, 0.55], 0.5162),
+        # A plain left-to-right sum gives 3.7899999999999996 (-> 0.4737); CPython 3.12's
+        # compensated sum, which UserRL runs on, gives 3.79 (-> 0.4738).
+        ([0.17, 0.08, 0.1, 0.93, 0.94, 0.36, 0.83, 0.38], 0.4738),
+        # IntentionGym's 0.7 - 0.2 is 0.49999999999999994, not 0.5; kept as UserRL keeps it.
+        ([0.49999999999999994, 0.0], 0.25),
+    ],
+)
+def test_userrl_sum_is_userrls_exact_number(rewards, expected):
+    k = 16
+    padded = torch.zeros(2, k, dtype=torch.float64)
+    mask = torch.zeros(2, k)
+    padded[0, : len(rewards)] = torch.tensor(rewards, dtype=torch.float64)
+    mask[0, : len(rewards)] = 1
+    padded[1, 0] = 1.0  # a second episode, so the batch is vectorised over rows
+    mask[1, 0] = 1
+    assert scores.userrl_sum(padded, mask).tolist() == [expected, 1.0]
+
+
+def _cpython_sum(values: list[float]) -> float:
+    """CPython 3.12's ``sum`` over floats, transcribed from Python/bltinmodule.c ``builtin_sum_impl``
+    (float fast path: Neumaier compensation, compensation added at the end when finite)."""
+    if not values:
+        return 0.0
+    total, compensation = 0 + values[0], 0.0
+    for x in values[1:]:
+        added = total + x
+        if abs(total) >= abs(x):
+            compensation += (total - added) + x
+        else:
+            compensation += (x - added) + total
+        total = added
+    if compensation and math.isfinite(compensation):
+        total += compensation
+    return total
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(st.floats(0, 1), min_size=0, max_size=16), min_size=1, max_size=6))
+def test_userrl_sum_equals_python_round_of_python_sum(rows):
+    k = max(len(r) for r in rows) or 1
+    rewards = torch.zeros(len(rows), k, dtype=torch.float64)
+    mask = torch.zeros(len(rows), k)
+    for i, row in enumerate(rows):
+        rewards[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+        mask[i, : len(row)] = 1.0
+    got = scores.userrl_sum(rewards, mask).tolist()
+    for i, row in enumerate(rows):
+        # UserRL (verl/trainer/ppo/core_algos.py, compute_turn_credits):
+        # round(sum(turn_rewards) / len(turn_rewards), 4) if turn_rewards else 0.0
+        total = sum(row) if sys.version_info >= (3, 12) else _cpython_sum(row)
+        assert got[i] == (round(total / len(row), 4) if row else 0.0)
+        assert scores.python_float_sum(rewards[i : i + 1]).item() == _cpython_sum(row)
 
 
 def test_mean_is_not_rounded():

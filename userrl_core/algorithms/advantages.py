@@ -31,10 +31,11 @@ UserRL behaviours kept, so that recipes written for UserRL give the same numbers
   has no record of).
 
 What differs from UserRL, on purpose: no Python loop over episodes or tokens (gather, scatter
-and segment sums instead); the statistics are computed in float64 (UserRL: float32), which
-changes results by ~1e-7 at most; episodes whose simulator call failed never reach this
-function (the trainer drops them, or their whole group, beforehand, and reports how many),
-where UserRL turned such failures into reward 0.
+and segment sums instead); the statistics are computed in float64 (UserRL: float32, which
+differs by ~1e-5 relative, ~1e-3 in near-tied groups, and gives an all-tied group a small
+common advantage where float64 gives ~0; figures in docs/algorithms.md); episodes whose
+simulator call failed never reach this function (the trainer drops them, or their whole group,
+beforehand, and reports how many), where UserRL turned such failures into reward 0.
 """
 
 from __future__ import annotations
