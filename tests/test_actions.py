@@ -136,11 +136,36 @@ def test_plain_text_mode_uses_the_visible_reply():
     assert parse_reply("x" * (MAX_PARSE_CHARS + 1), action_format="plain_text").kind == "invalid"
 
 
+@pytest.mark.parametrize(
+    "reply, action",
+    [
+        ("[answer] 42", Action("answer", "42")),
+        ("  [Search]  test ", Action("search", "test")),
+        ("[finish]", Action("finish", "")),
+        ("[action] 1 2 3 4", Action("action", "1 2 3 4")),
+        ("[answer]", Action("answer", "")),
+        ("The [answer] is 42", Action("action", "The [answer] is 42")),  # the tag must open the reply
+        ("[guess] 42", Action("action", "[guess] 42")),
+    ],
+)
+def test_plain_text_bracket_tags_choose(reply, action):
+    assert parse_reply(reply, action_format="plain_text").action == action
+
+
+def test_a_tool_call_content_loses_only_its_own_choice_tag():
+    # UserRL's interact tool prefixes a content with its choice's tag unless it already has it
+    # (verl/tools/interact_tool.py); the environment then strips that one tag.
+    assert parse_reply(call("answer", "[answer] 42")).action == Action("answer", "42")
+    assert parse_reply(call("search", "[search] test")).action == Action("search", "test")
+    assert parse_reply(call("action", "[answer] 42")).action == Action("action", "[answer] 42")
+
+
 def test_messages_back_to_the_model_name_the_tool_and_the_problem():
     parsed = parse_reply(call(choice="think"))
     message = error_message(parsed)
     assert "unknown choice 'think'" in message and TOOL_NAME in message
     assert TOOL_NAME in reminder_message("tool_call")
+    assert all(f'"{choice}"' in message for choice in CHOICES)
     assert "<tool_call>" not in reminder_message("plain_text")
 
 
@@ -166,13 +191,14 @@ _replies = st.one_of(
 )
 
 
-def _check_verdict(parsed, plain: bool) -> None:
+def _check_verdict(parsed, plain: bool, reply: str = "") -> None:
     assert parsed.kind in ("action", "invalid", "no_action")
     if parsed.kind == "action":
         assert parsed.action is not None and parsed.action.choice in CHOICES
         assert isinstance(parsed.action.content, str)
-        if plain:
-            assert parsed.action.content and parsed.action.content == parsed.action.content.strip()
+        if plain:  # untagged plain replies are never empty; a bare tag ("[finish]") may be
+            content = parsed.action.content
+            assert content == content.strip() and (content or parsed.action.choice != "action" or "[" in reply)
     else:
         assert parsed.action is None and parsed.error
 
@@ -180,7 +206,7 @@ def _check_verdict(parsed, plain: bool) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reply=_replies, plain=st.booleans())
 def test_fuzz_parser_never_raises(reply, plain):
-    _check_verdict(parse_reply(reply, action_format="plain_text" if plain else "tool_call"), plain)
+    _check_verdict(parse_reply(reply, action_format="plain_text" if plain else "tool_call"), plain, reply)
 
 
 _json_values = st.recursive(

@@ -175,6 +175,9 @@ def test_keys_lists_every_key_with_its_description():
     ("/answer 42\n", Action("answer", "42")),
     ("/finish\n", Action("finish", "")),
     ("  50  \n", Action("action", "50")),
+    ("/search test\n", Action("search", "test")),
+    ("[answer] 7\n", Action("answer", "7")),
+    ("/answered it\n", Action("action", "/answered it")),
 ])
 def test_simulate_parses_actions(line, action):
     assert parse_action(line) == action

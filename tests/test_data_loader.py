@@ -99,7 +99,7 @@ def test_mixed_file_loads_installed_env_and_reports_the_other(registry, tmp_path
 
 def test_only_unknown_env_rows_is_an_error(registry, tmp_path):
     path = write_parquet(tmp_path / "travel.parquet", [with_env(r, "TravelGym") for r in shipped_rows(2)])
-    with pytest.raises(DataError, match=r"no loadable tasks.*'TravelGym'.*installed environments: IntentionGym"):
+    with pytest.raises(DataError, match=r"no loadable tasks.*'TravelGym'.*installed environments: .*IntentionGym"):
         load_tasks(path, registry)
 
 

@@ -43,7 +43,7 @@ class Task:
 # Actions and environment steps
 # --------------------------------------------------------------------------------------------
 
-ActionChoice = Literal["action", "answer", "finish"]
+ActionChoice = Literal["action", "search", "answer", "finish"]
 
 
 @dataclass(frozen=True)

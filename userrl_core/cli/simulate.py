@@ -1,8 +1,8 @@
 """``userrl simulate ENV_NAME``: play one episode of an environment by hand.
 
 Generic over environments: the agent's actions come from stdin, one per line — a plain line is
-an ``action`` (a question, a guess, a move), ``/answer TEXT`` gives an answer and ``/finish``
-ends the episode. Each turn prints the environment's reply, the reward, ``done`` and the step's
+an ``action`` (a question, a guess, a move); ``/CHOICE TEXT`` or UserRL's ``[CHOICE] TEXT`` picks
+another choice (``/search test``, ``[answer] 42``) and ``/finish`` ends the episode. Each turn prints the environment's reply, the reward, ``done`` and the step's
 info; the end prints the environment's ``metrics()``. Useful to check an environment plugin
 and a simulator before training against them.
 """
@@ -19,6 +19,7 @@ from userrl_core.config.schema import SimulatorConfig
 from userrl_core.errors import DataError, UserError
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.registry import Kind
+from userrl_core.rollout.actions import CHOICES, parse_reply
 from userrl_core.types import Action, StepStatus, Task
 
 NO_SIMULATOR = "none"
@@ -29,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
         "simulate",
         help="Play one episode of an environment by hand (actions from stdin).",
         description="Actions from stdin, one per line: a plain line is an action, "
-        "'/answer TEXT' answers, '/finish' ends the episode.",
+        "'/search TEXT' or '[search] TEXT' searches, '/answer TEXT' answers, '/finish' ends the episode.",
     )
     parser.add_argument("env_name", help="Environment name, as registered (e.g. IntentionGym).")
     parser.add_argument("--tasks", default=None,
@@ -45,13 +46,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def parse_action(line: str) -> Action:
-    """``/answer TEXT`` -> answer, ``/finish`` -> finish, anything else -> action."""
+    """``/CHOICE TEXT`` (``/answer 42``, ``/finish``) or ``[CHOICE] TEXT`` -> that choice;
+    anything else -> action."""
     text = line.strip()
-    if text == "/finish":
-        return Action("finish", "")
-    if text.startswith("/answer"):
-        return Action("answer", text[len("/answer"):].strip())
-    return Action("action", text)
+    for choice in CHOICES:
+        command = f"/{choice}"
+        if text == command or text.startswith(command + " "):
+            return Action(choice, text[len(command):].strip())
+    parsed = parse_reply(text, action_format="plain_text")
+    return parsed.action if parsed.action is not None else Action("action", text)
 
 
 def _settings(args: argparse.Namespace) -> tuple[SimulatorConfig | None, dict[str, dict[str, Any]]]:

@@ -4,10 +4,18 @@ Two formats (``rollout.action_format``):
 
 * ``tool_call``: Hermes/Qwen3 style. The first ``<tool_call>{...}</tool_call>`` of the reply
   (after thinking is removed) holds ``{"name": "interact_with_env", "arguments": {"choice":
-  "action" | "answer" | "finish", "content": "..."}}``. Whitespace and Markdown code fences
-  around the JSON are tolerated; ``arguments`` may also be a JSON-encoded string (OpenAI style).
+  "action" | "search" | "answer" | "finish", "content": "..."}}``. Whitespace and Markdown code
+  fences around the JSON are tolerated; ``arguments`` may also be a JSON-encoded string (OpenAI
+  style). A content that repeats its own choice as a tag (``"[answer] 42"`` for ``answer``) loses
+  the tag, as UserRL's tool does before the environment reads it.
 * ``plain_text``: for small models without tool calling. The reply with thinking removed is
-  ``Action("action", reply)``.
+  ``Action("action", reply)``, unless it opens with one of UserRL's bracket tags
+  (``[action]``, ``[search]``, ``[answer]``, ``[finish]``): then the tag is the choice and the
+  rest the content (``"[answer] 42"`` is ``Action("answer", "42")``).
+
+The choices are UserRL's tool enum (``action``, ``answer``, ``search``) plus ``finish``; what each
+one does is the environment's business (an environment answers a choice it has no use for with
+a message, as UserRL's gyms do).
 
 The parser never raises on model output: every reply becomes exactly one of ``action``,
 ``invalid`` (a tool call that cannot be used: broken JSON, unknown tool or choice, non-text
@@ -25,7 +33,7 @@ from typing import Any, Literal
 from userrl_core.types import Action
 
 TOOL_NAME = "interact_with_env"
-CHOICES: tuple[str, ...] = ("action", "answer", "finish")
+CHOICES: tuple[str, ...] = ("action", "search", "answer", "finish")
 MAX_PARSE_CHARS = 64 * 1024
 """Replies longer than this (64 KiB of characters) are rejected unparsed as ``invalid``."""
 
@@ -45,7 +53,8 @@ INTERACT_WITH_ENV_TOOL: dict[str, Any] = {
                 "choice": {
                     "type": "string",
                     "enum": list(CHOICES),
-                    "description": "'action' to act or ask, 'answer' to give an answer, 'finish' to end.",
+                    "description": "'action' to act or ask, 'search' to search or look something up, "
+                    "'answer' to give an answer, 'finish' to end.",
                 },
                 "content": {
                     "type": "string",
@@ -108,8 +117,22 @@ def parse_reply(text: str, *, action_format: Literal["tool_call", "plain_text"] 
         content = visible.strip()
         if not content:
             return ParsedReply("no_action", error="the reply is empty")
+        tagged = _leading_tag(content)
+        if tagged is not None:
+            return ParsedReply("action", Action(tagged, content[len(tagged) + 2:].strip()))
         return ParsedReply("action", Action("action", content))
     return _parse_tool_call(visible)
+
+
+def _leading_tag(text: str) -> str | None:
+    """The choice whose ``[choice]`` tag opens ``text`` (case-insensitive), if any."""
+    if not text.startswith("["):
+        return None
+    head = text[: max(len(c) for c in CHOICES) + 2].lower()
+    for choice in CHOICES:
+        if head.startswith(f"[{choice}]"):
+            return choice
+    return None
 
 
 def _parse_tool_call(visible: str) -> ParsedReply:
@@ -147,6 +170,8 @@ def _validate_call(call: Any) -> ParsedReply:
     content = arguments.get("content", "" if choice == "finish" else None)
     if not isinstance(content, str):
         return ParsedReply("invalid", error="'content' must be a string")
+    if _leading_tag(content.lstrip()) == choice:
+        content = content.lstrip()[len(choice) + 2:].strip()
     return ParsedReply("action", Action(choice, content))
 
 
@@ -167,11 +192,14 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_CHOICE_LIST = " | ".join(f'"{c}"' for c in CHOICES)
+
+
 def error_message(parsed: ParsedReply) -> str:
     """What the model reads after an invalid tool call."""
     return (
         f"Error: {parsed.error}. Call the tool as <tool_call>{{\"name\": \"{TOOL_NAME}\", \"arguments\": "
-        f"{{\"choice\": \"action\" | \"answer\" | \"finish\", \"content\": \"...\"}}}}</tool_call>."
+        f"{{\"choice\": {_CHOICE_LIST}, \"content\": \"...\"}}}}</tool_call>."
     )
 
 
@@ -181,5 +209,5 @@ def reminder_message(action_format: Literal["tool_call", "plain_text"]) -> str:
         return "Your reply was empty. Reply with what you want to say or ask."
     return (
         f"Your reply contained no tool call. To act, call <tool_call>{{\"name\": \"{TOOL_NAME}\", "
-        f"\"arguments\": {{\"choice\": \"action\" | \"answer\" | \"finish\", \"content\": \"...\"}}}}</tool_call>."
+        f"\"arguments\": {{\"choice\": {_CHOICE_LIST}, \"content\": \"...\"}}}}</tool_call>."
     )
