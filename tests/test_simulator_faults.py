@@ -249,3 +249,43 @@ def test_intentiongym_simulator_outage_fails_the_turn_without_reward(srv):
     stats = sim.stats()
     assert stats["failures"] >= 1 and stats["retries"] >= 1
     assert env.metrics()["score"] == 0.0
+
+
+@pytest.mark.parametrize("transport", ["direct", "litellm"])
+def test_retry_after_is_honoured(srv, transport):
+    """A 429 with Retry-After: 1 makes the next attempt wait about a second, not the 0.01 s
+    backoff (both transports carry the response headers into the error)."""
+    sim = make(srv, retry_backoff=0.01, extra={"transport": transport})
+    srv.script(status(429, headers={"Retry-After": "1"}), reply("after the wait"))
+    response = run(sim.complete(REQUEST))
+    assert response.text == "after the wait" and response.attempts == 2
+    first, second = srv.requests[0].received_at, srv.requests[1].received_at
+    assert second - first >= 0.95
+
+
+def test_retry_after_is_capped_by_the_call_timeout(srv):
+    sim = make(srv, retry_backoff=0.01, timeout=0.5, extra={"transport": "direct"})
+    srv.script(status(429, headers={"Retry-After": "3600"}), reply("soon"))
+    started = time.monotonic()
+    assert run(sim.complete(REQUEST)).text == "soon"
+    assert time.monotonic() - started < 5
+
+
+def test_retry_after_parsing():
+    import httpx
+    import openai
+
+    from userrl_plugins.simulators.retry import RetryPolicy, retry_after_seconds
+
+    def error(headers):
+        response = httpx.Response(429, request=httpx.Request("POST", "http://x"), headers=headers)
+        return openai.RateLimitError("slow down", response=response, body=None)
+
+    assert retry_after_seconds(error({"Retry-After": "3"})) == 3.0
+    assert retry_after_seconds(error({"retry-after-ms": "250"})) == 0.25
+    assert retry_after_seconds(error({"Retry-After": "Fri, 04 Dec 2026 13:00:10 GMT"}), now=1796389200.0) == 10.0
+    assert retry_after_seconds(error({"Retry-After": "soon"})) is None
+    assert retry_after_seconds(error({"Retry-After": "-4"})) is None
+    assert retry_after_seconds(ValueError("no response")) is None
+    policy = RetryPolicy(num_retries=3, backoff=0.1, max_retry_after=5.0)
+    assert policy.delay(0, 3.0) == 3.0 and policy.delay(0, 100.0) == 5.0 and policy.delay(2, 0.0) == 0.4

@@ -155,7 +155,8 @@ class LiteLLMSimulator:
         self.api_base = api_base
         self._api_key = api_key
         self._litellm = litellm
-        self._policy = RetryPolicy(num_retries=config.num_retries, backoff=config.retry_backoff)
+        self._policy = RetryPolicy(num_retries=config.num_retries, backoff=config.retry_backoff,
+                                   max_retry_after=config.timeout)
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )

@@ -44,8 +44,9 @@ class MalformedBody(Exception):
     """The server answered, but not with a JSON object."""
 
 
-def status_error(status: int, url: str, text: str) -> openai.APIStatusError:
-    """The OpenAI SDK exception for an HTTP error status, its message taken from the body."""
+def status_error(status: int, url: str, text: str, headers: Any = None) -> openai.APIStatusError:
+    """The OpenAI SDK exception for an HTTP error status, its message taken from the body; the
+    response's headers travel with it (``Retry-After``)."""
     try:
         body: Any = json.loads(text) if text else None
     except ValueError:
@@ -54,7 +55,7 @@ def status_error(status: int, url: str, text: str) -> openai.APIStatusError:
     if isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("message"):
         message = str(body["error"]["message"])
     cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    response = httpx.Response(status, request=httpx.Request("POST", url))
+    response = httpx.Response(status, request=httpx.Request("POST", url), headers=dict(headers or {}))
     return cls(f"Error code: {status} - {message}", response=response, body=body)
 
 
@@ -83,13 +84,14 @@ class ChatCompletionsClient:
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 text = await response.text()
                 status = response.status
+                headers = response.headers
         except asyncio.TimeoutError:
             raise openai.APITimeoutError(request=httpx.Request("POST", self.url)) from None
         except aiohttp.ClientError as exc:
             raise openai.APIConnectionError(message=f"Connection error: {exc}",
                                             request=httpx.Request("POST", self.url)) from None
         if status >= 400:
-            raise status_error(status, self.url, text)
+            raise status_error(status, self.url, text, headers)
         try:
             decoded = json.loads(text)
         except ValueError:

@@ -46,6 +46,7 @@ class Behaviour:
     delay: float = 0.0
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def reply(text: str, *, delay: float = 0.0, prompt_tokens: int = 11, completion_tokens: int = 7) -> Behaviour:
@@ -54,10 +55,11 @@ def reply(text: str, *, delay: float = 0.0, prompt_tokens: int = 11, completion_
                      completion_tokens=completion_tokens)
 
 
-def status(code: int, *, delay: float = 0.0, message: str = "scripted failure") -> Behaviour:
-    """An HTTP error with an OpenAI-style error body."""
+def status(code: int, *, delay: float = 0.0, message: str = "scripted failure",
+           headers: dict[str, str] | None = None) -> Behaviour:
+    """An HTTP error with an OpenAI-style error body (and extra headers, e.g. Retry-After)."""
     body = json.dumps({"error": {"message": message, "type": "server_error", "code": code}})
-    return Behaviour("status", status=code, body=body, delay=delay)
+    return Behaviour("status", status=code, body=body, delay=delay, headers=tuple((headers or {}).items()))
 
 
 def raw(body: str, *, status: int = 200, content_type: str = "application/json", delay: float = 0.0) -> Behaviour:
@@ -247,7 +249,8 @@ class OpenAIServer:
         if behaviour.kind == "reply":
             return web.json_response(self._completion(behaviour, body))
         if behaviour.kind in ("status", "raw"):
-            return web.Response(status=behaviour.status, text=behaviour.body, content_type=behaviour.content_type)
+            return web.Response(status=behaviour.status, text=behaviour.body, content_type=behaviour.content_type,
+                                headers=dict(behaviour.headers))
         raise ValueError(f"unknown behaviour kind {behaviour.kind!r}")
 
     def _completion(self, behaviour: Behaviour, body: dict[str, Any] | None) -> dict[str, Any]:
