@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from userrl_core.rollout.summary import SIMULATOR_ERROR_KEY
 from userrl_core.types import Episode, EpisodeStatus
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def turn_failed(turn: Any) -> bool:
+    """The environment step of this turn failed (its simulator call or judge gave up)."""
+    return SIMULATOR_ERROR_KEY in (turn.info or {})
+
+
 def episode_record(step: int, episode: Episode) -> dict[str, Any]:
-    """One transcript line: the episode as a person would read it."""
+    """One transcript line: the episode as a person would read it. A turn whose environment
+    step failed has ``reward: null`` (the environment gave none; 0.0 would read as a score)."""
     return {
         "step": step,
         "task_id": episode.task.id,
@@ -42,7 +49,7 @@ def episode_record(step: int, episode: Episode) -> dict[str, Any]:
             {
                 "text": t.text,
                 "action": None if t.action is None else {"choice": t.action.choice, "content": t.action.content},
-                "reward": t.reward,
+                "reward": None if turn_failed(t) else t.reward,
                 "observation": t.observation,
                 "invalid": t.invalid,
                 "no_action": t.no_action,
