@@ -35,3 +35,9 @@ class PluginConflictError(UserError):
 
 class RunStopped(Exception):
     """Raised inside the trainer when a stopper asked the run to end."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A ``KeyboardInterrupt`` subclass on purpose: every path that cleans up
+    after Ctrl-C (summary, report, child processes) cleans up after SIGTERM the same way;
+    only the recorded status (``terminated``) and the exit status (143) differ."""

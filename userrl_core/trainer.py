@@ -34,7 +34,7 @@ from userrl_core.algorithms.advantages import grpo_multiturn_advantages
 from userrl_core.checkpoint import CheckpointManager
 from userrl_core.config import RunConfig, check_plugin_names
 from userrl_core.data import load_tasks
-from userrl_core.errors import RunStopped, UserError
+from userrl_core.errors import RunStopped, Terminated, UserError
 from userrl_core.metrics import RunRecorder, simulator_delta
 from userrl_core.plan import plan_geometry
 from userrl_core.plugins import PluginManager, get_plugin_manager
@@ -476,6 +476,9 @@ def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: boo
     except RunStopped as exc:
         status, error = "stopped", str(exc)
         log.warning("run stopped: %s", exc)
+    except Terminated:
+        status, error = "terminated", "terminated by SIGTERM"
+        raise
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         raise

@@ -14,12 +14,11 @@ from typing import Any
 import yaml
 
 from userrl_core.config import check_plugin_names, load_recipe
+from userrl_core.exit_codes import exit_code_for
 from userrl_core.config.schema import RunConfig
 from userrl_core.plan import build_plan, format_plan
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.requirements_check import check_requirements
-
-EXIT_BY_STATUS = {"finished": 0, "stopped": 0, "failed": 1, "interrupted": 130}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,4 +75,4 @@ def run_command(args: argparse.Namespace) -> int:
     summary = run_training(config, recipe_path=args.recipe, resume=args.resume, run_dir=args.run_dir)
     status = summary.get("status", "finished")
     print_summary(summary)
-    return EXIT_BY_STATUS.get(status, 1)
+    return exit_code_for(status)
