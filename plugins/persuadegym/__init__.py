@@ -1,0 +1,1 @@
+"""PersuadeGym (UserRL): move a simulated persona from "Strongly Agree" to "Strongly Disagree"."""
