@@ -195,6 +195,17 @@ class FSDPPolicy(TorchPolicy):
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.save_dtype, torch.float32)
         return {k: v.to(dtype) for k, v in state.items()} if self.rank == 0 else {}
 
+    def full_weights(self):
+        """``(name, tensor)`` for every weight, unsharded on this rank's device one at a time,
+        cast to ``model.dtype``, tied ``lm_head.weight`` left out: what a colocated rollout engine
+        on this rank loads. Collective: every rank must draw the whole sequence."""
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.save_dtype, torch.float32)
+        tied = getattr(self.model.config, "tie_word_embeddings", False)
+        for name, value in self.model.state_dict().items():
+            if tied and name == "lm_head.weight":
+                continue
+            yield name, _full(value).to(self.device, dtype)
+
     def save_hf(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
@@ -283,6 +294,21 @@ class FSDPWorker:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.policy, method)(*args, **kwargs)
 
+    def start_engine(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start this rank's rollout engine on this rank's device (``userrl_plugins.backends.sglang_backend``)."""
+        from userrl_plugins.backends.sglang_backend import RankEngine
+
+        self.rank_engine = RankEngine(self.policy, spec, rank=dist.get_rank(), local_gpu=self.policy.device.index or 0)
+        return self.rank_engine.describe()
+
+    def engine(self, method: str, *args: Any) -> Any:
+        """A call every rank makes on its engine at once (release, weight sync, shutdown)."""
+        return getattr(self.rank_engine, method)(*args)
+
+    def submit_engine(self, method: str, *args: Any) -> Any:
+        """One request to this rank's engine; returns a ``concurrent.futures.Future``."""
+        return getattr(self.rank_engine, f"submit_{method}")(*args)
+
     def memory(self) -> dict[str, float]:
         """Peak memory of this rank in GiB (CUDA allocator on GPU, resident set on CPU)."""
         if self.policy.device.type == "cuda":
@@ -293,6 +319,10 @@ class FSDPWorker:
         return {"perf/cpu_max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
     def close(self) -> None:
+        engine, self.rank_engine = getattr(self, "rank_engine", None), None
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.shutdown()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -342,6 +372,19 @@ class FSDPTrainingBackend:
 
     def apply_config(self, config: Any) -> None:
         self.group.call_all("call", "apply_config", config)
+
+    # ------------------------------------------------------------------ colocated rollout engines
+
+    def start_engines(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """One rollout engine inside every rank's process; returns where each one runs."""
+        return self.group.call_all("start_engine", spec)
+
+    def engines(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every rank's engine at once, every rank's result."""
+        return self.group.call_all("engine", method, *args)
+
+    async def submit_engine(self, rank: int, method: str, *args: Any) -> Any:
+        return await self.group.submit_engine(rank, method, *args)
 
     def close(self) -> None:
         self.group.shutdown()

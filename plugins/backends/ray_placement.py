@@ -23,6 +23,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Calls an actor runs at once: the collective calls come one at a time from the driver, but a
+# colocated rollout engine takes many requests in flight (one thread each while it waits).
+ACTOR_CONCURRENCY = 256
+
 
 class RankActor:
     """The body of one Ray actor: sets the torch.distributed environment, then hosts a worker."""
@@ -53,6 +57,10 @@ class RankActor:
 
     def run(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.worker, method)(*args, **kwargs)
+
+    def engine_request(self, method: str, *args: Any) -> Any:
+        """One request to this rank's rollout engine; many run at once (a threaded actor)."""
+        return self.worker.submit_engine(method, *args).result()
 
     def close(self) -> None:
         if self.worker is not None:
@@ -109,7 +117,7 @@ class RayRankGroup:
                 strategy = PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
                 self.actors.append(actor_class.options(
                     num_cpus=settings.cpus_per_rank, num_gpus=1 if use_gpus else 0,
-                    scheduling_strategy=strategy, name=None,
+                    scheduling_strategy=strategy, name=None, max_concurrency=ACTOR_CONCURRENCY,
                 ).remote())
             master = ray.get(self.actors[0].node_address.remote())
             self.pids = ray.get([
@@ -119,6 +127,17 @@ class RayRankGroup:
         except BaseException:
             self.shutdown()
             raise
+
+    async def submit_engine(self, rank: int, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one rank's rollout engine, awaited without blocking the loop."""
+        from ray.exceptions import RayError
+
+        from userrl_plugins.backends.rank_processes import RankGroupError
+
+        try:
+            return await self.actors[rank].engine_request.remote(method, *args)
+        except RayError as exc:
+            raise RankGroupError(f"rank {rank}'s rollout engine failed: {exc}") from None
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         from ray.exceptions import RayError

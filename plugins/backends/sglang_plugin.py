@@ -1,9 +1,9 @@
 """The ``sglang`` rollout backend plugin (``pip install 'userrl[sglang]'``, CUDA only).
 
-Lists as unavailable where the ``sglang`` module is missing. The engine is started with
-``mem_fraction_static = rollout.gpu_memory_utilization`` and ``enable_memory_saver`` (needed
-for releasing memory during training); the training backend's ``before_training`` callbacks
-get the rollout's ``release_memory``.
+Lists as unavailable where the ``sglang`` module is missing. It needs the ``fsdp`` training
+backend: every training rank starts its own engine inside its own process, on its own GPU and
+ports (``userrl_plugins.backends.sglang_backend``), and the training backend's ``before_training``
+callbacks get the rollout's ``release_memory``.
 """
 
 from __future__ import annotations
@@ -11,36 +11,37 @@ from __future__ import annotations
 from typing import Any
 
 from userrl_core import hookimpl
+from userrl_core.errors import ConfigError
 from userrl_plugins.backends.sglang_backend import SGLangRollout
 
 USERRL_REQUIRES = {"sglang": "pip install 'userrl[sglang]' (needs CUDA)"}
 
 DESCRIPTION = (
-    "Colocated SGLang engine (hybrid engine): async per-episode generation, memory released during training, "
-    "weights pushed in buckets after each update. Verified here: the adapter's logic against a recording "
-    "double on CPU. Not verified here: a real SGLang engine on a GPU."
+    "Colocated SGLang engines, one per training rank on that rank's GPU (hybrid engine): requests routed to the "
+    "least-busy engine, memory released during training, weights pushed per rank in buckets after each update. "
+    "Verified here: the adapter in 2 CPU ranks against a double that keeps the real engine's contract. "
+    "Not verified here: a real SGLang engine on a GPU."
 )
 
+ENGINE_BASE_PORT = 30000  # rank r's engine listens from 30000 + 10 r (as UserRL's verl fork: 30000 + rank)
 
-def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> SGLangRollout:
-    import sglang
 
+def make_rollout_backend(*, config: Any, trainer: Any = None, engine_factory: str = "sglang:Engine",
+                         **kwargs: Any) -> SGLangRollout:
+    """``engine_factory`` names the engine class (``module:attribute``); the tests pass the double."""
     from userrl_core.models import resolve_model_path
 
+    if trainer is None or not hasattr(trainer, "start_engines"):
+        raise ConfigError(
+            f"rollout.backend: sglang runs one engine inside each training rank and needs actor.backend: fsdp "
+            f"(got actor.backend: {config.actor.backend})"
+        )
     model_dir = str(resolve_model_path(config.model.path))
-    engine = sglang.Engine(
-        model_path=model_dir,
-        mem_fraction_static=config.rollout.gpu_memory_utilization,
-        tp_size=config.rollout.tensor_model_parallel_size,
-        enable_memory_saver=True,
-        random_seed=config.trainer.seed,
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    tokenizer = trainer.tokenizer if trainer is not None else None
-    rollout = SGLangRollout(engine, tokenizer)
-    callbacks = getattr(trainer, "before_training", None)
-    if callbacks is not None:
-        callbacks.append(rollout.release_memory)
+    placed = trainer.start_engines({"factory": engine_factory, "config": config, "model_dir": model_dir,
+                                    "base_port": ENGINE_BASE_PORT})
+    rollout = SGLangRollout(trainer, trainer.tokenizer, world=len(placed))
+    rollout.placement = placed
+    trainer.before_training.append(rollout.release_memory)
     return rollout
 
 
