@@ -1,6 +1,7 @@
 """The fsdp backend's ranks as Ray actors (2 CPU ranks, gloo), and nothing left running after
 the run ends or is interrupted with Ctrl-C."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +14,10 @@ import pytest
 import torch
 
 from test_fsdp_backend import make_batch, make_config, max_diff, single_process
+from tests.support.sglang_double import engine_state
+from userrl_core.types import GenerationRequest
 from userrl_plugins.backends.fsdp_plugin import make_training_backend
+from userrl_plugins.backends.sglang_plugin import make_rollout_backend
 
 
 def alive(pids):
@@ -44,9 +48,11 @@ def ray_processes():
     return found
 
 
-def test_ray_actor_group_trains_like_one_process_and_cleans_up(tiny_model_dir):
+def test_ray_actor_group_trains_like_one_process_and_cleans_up(tiny_model_dir, monkeypatch):
     config = make_config(tiny_model_dir).model_copy(deep=True)
     config.ray.enabled = True
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", root)  # the actors import the SGLang engine double from tests/support
     before = set(ray_processes())
     backend = make_training_backend(config=config)
     try:
@@ -64,10 +70,20 @@ def test_ray_actor_group_trains_like_one_process_and_cleans_up(tiny_model_dir):
         expected, got = single.update(batch), backend.update(batch)
         assert got["actor/pg_loss"] == pytest.approx(expected["actor/pg_loss"], rel=1e-4)
         assert max_diff(backend.full_state_dict(), single.model.state_dict()) < 2e-5
+        # A colocated rollout engine in each actor, many requests in flight (a threaded actor).
+        rollout = make_rollout_backend(config=config, trainer=backend,
+                                       engine_factory="tests.support.sglang_double:SGLangEngineDouble")
+        assert [p["pid"] for p in rollout.placement] == rank_pids
+        result = asyncio.run(rollout.generate(GenerationRequest(prompts=[[1, 2], [3, 4], [5], [6]], max_new_tokens=3)))
+        assert len(result.token_ids) == 4 and all(1 <= len(ids) <= 3 for ids in result.token_ids)
+        assert [s["requests"] for s in backend.engines("control", engine_state)] == [2, 2]
+        engine_children = [child.pid for pid in rank_pids for child in psutil.Process(pid).children(recursive=True)]
+        assert engine_children
         ray_pids = set(ray_processes()) - before
         assert ray_pids, "a local Ray instance should be running during the run"
     finally:
         backend.close()
+    assert wait_gone(engine_children) == []  # the engines were shut down before the actors were killed
     import ray
 
     assert not ray.is_initialized()

@@ -338,6 +338,7 @@ class FSDPTrainingBackend:
         self.model = None  # the weights live in the ranks: a colocated rollout gets them by sync
         self.before_training: list[Callable[[], None]] = []  # e.g. a colocated engine's release_memory
         self._on_close = on_close
+        self._engines_started = False
 
     def _enter_training(self) -> None:
         for callback in self.before_training:
@@ -377,6 +378,7 @@ class FSDPTrainingBackend:
 
     def start_engines(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
         """One rollout engine inside every rank's process; returns where each one runs."""
+        self._engines_started = True
         return self.group.call_all("start_engine", spec)
 
     def engines(self, method: str, *args: Any) -> list[Any]:
@@ -386,7 +388,15 @@ class FSDPTrainingBackend:
     async def submit_engine(self, rank: int, method: str, *args: Any) -> Any:
         return await self.group.submit_engine(rank, method, *args)
 
+    def shutdown_engines(self) -> None:
+        """Shut every rank's engine down (idempotent)."""
+        if self._engines_started:
+            self._engines_started = False
+            self.group.call_all("engine", "shutdown")
+
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # before the ranks go: a Ray actor is killed without its close()
+            self.shutdown_engines()
         self.group.shutdown()
         if self._on_close is not None:
             self._on_close()

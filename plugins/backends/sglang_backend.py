@@ -20,7 +20,7 @@ One training step:
    every engine releases exactly ``["kv_cache", "weights"]`` (no tags would also pause
    ``cuda_graph`` and ``weights_drafter``, which nothing would resume);
 3. after the update (``sync_weights``), on every rank: ``torch.cuda.empty_cache()`` (the training
-   side's cached blocks go back to the driver before the engine maps its weights again), resume
+   side's cached blocks go back to the CUDA driver before the engine maps its weights again), resume
    ``weights``, push the weights in buckets of about ``bucket_bytes`` gathered on the rank's GPU
    (``update_weights_from_tensor``; no state dict through the driver), resume ``kv_cache``,
    flush the cache. A push answered ``(False, message)`` stops the run with SGLang's message.
@@ -301,8 +301,8 @@ def _empty_device_cache() -> None:
 class SGLangRollout:
     """Rollout backend over one engine per training rank; see the module docstring.
 
-    ``ranks`` is the training backend's rank group handle (``submit_engine`` for one rank's
-    engine, ``engines`` for all of them)."""
+    ``ranks`` is the training backend (``submit_engine`` for one rank's engine, ``engines`` for
+    all of them at once, ``shutdown_engines``)."""
 
     def __init__(self, ranks: Any, tokenizer: Any, *, world: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
         self.ranks = ranks
@@ -357,4 +357,5 @@ class SGLangRollout:
         self.weight_version += 1
 
     def close(self) -> None:
-        self.ranks.engines("shutdown")
+        """Shut the engines down (the training backend's close does it too, whichever comes first)."""
+        self.ranks.shutdown_engines()
