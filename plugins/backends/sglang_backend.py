@@ -103,8 +103,6 @@ def weight_buckets(named: Iterable[tuple[str, Any]], bucket_bytes: int) -> Itera
         yield bucket
 
 
-
-
 # ---------------------------------------------------------------------------- rank side
 
 
