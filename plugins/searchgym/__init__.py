@@ -1,0 +1,1 @@
+"""SearchGym (UserRL): answer Bamboogle questions with at most five web searches."""
