@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.sglang_double import GPU_MEMORY_ALL_TYPES, SGLangEngineDouble, engine_state, refuse_next_push
+from tests.support.sglang_double import (
+    GPU_MEMORY_ALL_TYPES,
+    SGLangEngineDouble,
+    checkpoint_shapes,
+    engine_state,
+    refuse_next_push,
+)
 from userrl_core.errors import ConfigError, RunStopped
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.registry import Kind
@@ -242,6 +248,39 @@ def test_engine_host_reports_a_refused_push_and_still_draws_every_bucket(host):
     assert not ok and "out of memory" in message and "bucket 0" in message
     assert len(drawn) == len(list(weight_buckets(some_weights(host.engine), 4096)))  # collectives stay in step
     assert host.engine.offload_tags == set()
+
+
+class PolicyWithAnExtraWeight:
+    """The rank's policy as RankEngine sees it, with one weight the checkpoint does not have."""
+
+    def __init__(self, shapes):
+        self.shapes = dict(shapes)
+        self.drawn = []
+
+    def full_weights(self):
+        for name, shape in [*self.shapes.items(), ("model.extra_norm.weight", (4,))]:
+            self.drawn.append(name)
+            yield name, torch.ones(shape)
+
+
+def test_a_weight_the_engine_never_loaded_fails_the_push_instead_of_being_skipped(tiny_model_dir):
+    from tests.test_fsdp_backend import make_config
+    from userrl_plugins.backends.sglang_backend import RankEngine
+
+    spec = {"factory": DOUBLE, "config": make_config(tiny_model_dir), "model_dir": str(tiny_model_dir),
+            "base_port": 30000}
+    policy = PolicyWithAnExtraWeight(checkpoint_shapes(str(tiny_model_dir)))
+    engine = RankEngine(policy, spec, rank=1, local_gpu=0)
+    try:
+        assert engine.describe()["port"] == 30010
+        ok, message = engine.sync_weights(bucket_bytes=4096)
+        assert not ok and "model.extra_norm.weight" in message and "stale" in message
+        assert policy.drawn[-1] == "model.extra_norm.weight"  # every tensor drawn (collectives in step)
+        assert engine.host.engine.skipped == []  # never sent: SGLang would have skipped it with a warning
+        assert set(engine.host.engine.loaded) == set(policy.shapes)
+    finally:
+        engine.host.engine.shutdown = engine.host.engine.child.kill  # keep pytest's other children alive
+        engine.shutdown()
 
 
 # ---------------------------------------------------------------------------- one engine per training rank

@@ -241,6 +241,22 @@ def engine_kwargs(config: Any, model_dir: str, *, rank: int, local_gpu: int, bas
     }
 
 
+def checkpoint_names(model_dir: str) -> set[str]:
+    """The weight names in a model folder's safetensors files (headers only): the names the
+    engine's ``load_weights`` received when it loaded the model."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            names.update(f.keys())
+    if not names:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights for the SGLang engine to load")
+    return names
+
+
 def resolve_factory(path: str) -> Callable[..., Any]:
     """``"module:attribute"`` -> the engine class (``"sglang:Engine"`` on a GPU machine)."""
     import importlib
@@ -253,12 +269,19 @@ class RankEngine:
     """The engine of one training rank, inside the rank's process, fed from the rank's policy.
 
     ``policy.full_weights()`` yields ``(name, tensor)`` gathered on the rank's device one tensor
-    at a time (a collective: every rank draws the same sequence)."""
+    at a time (a collective: every rank draws the same sequence).
+
+    Only names of the checkpoint the engine loaded are pushed: SGLang's ``load_weights`` skips
+    a name it does not know with a logged warning and still reports success (``models/qwen3.py``,
+    ``models/llama.py``), so such a weight would silently stay stale. A name outside the
+    checkpoint makes the push fail here, naming it."""
 
     def __init__(self, policy: Any, spec: dict[str, Any], *, rank: int, local_gpu: int) -> None:
         self.policy = policy
         self.rank = rank
-        kwargs = engine_kwargs(spec["config"], spec["model_dir"], rank=rank, local_gpu=local_gpu,
+        self.model_dir = spec["model_dir"]
+        self.known = checkpoint_names(self.model_dir)
+        kwargs = engine_kwargs(spec["config"], self.model_dir, rank=rank, local_gpu=local_gpu,
                                base_port=spec["base_port"])
         self.kwargs = kwargs
         self.host = EngineHost(resolve_factory(spec["factory"]), **kwargs)
@@ -274,8 +297,21 @@ class RankEngine:
         self.host.release()
 
     def sync_weights(self, bucket_bytes: int) -> tuple[bool, str]:
-        return self.host.push_weights(weight_buckets(self.policy.full_weights(), bucket_bytes),
-                                      before_resume=_empty_device_cache)
+        unknown: list[str] = []
+
+        def known_only(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+            for name, tensor in named:  # every tensor is drawn: drawing is a collective
+                if name in self.known:
+                    yield name, tensor
+                else:
+                    unknown.append(name)
+
+        result = self.host.push_weights(weight_buckets(known_only(self.policy.full_weights()), bucket_bytes),
+                                        before_resume=_empty_device_cache)
+        if unknown:
+            return False, (f"{len(unknown)} weight name(s) not in the checkpoint the engine loaded from "
+                           f"{self.model_dir} (SGLang would skip them and keep stale weights): {unknown[:5]}")
+        return result
 
     def control(self, call: Callable[[Any], Any]) -> Any:
         """``call(engine)`` on the engine's thread (diagnostics, tests)."""
