@@ -41,6 +41,7 @@ from pydantic import SecretStr
 
 from userrl_core.config.schema import SimulatorConfig
 from userrl_core.errors import ConfigError, MissingRequirementError
+from userrl_core.redaction import redact
 from userrl_core.types import SimulatorError, SimulatorRequest, SimulatorResponse
 
 from .openai_http import ChatCompletionsClient, MalformedBody
@@ -206,7 +207,10 @@ class LiteLLMSimulator:
             log.warning("simulator %s gave up after %d attempt(s): %s", self.label, exhausted.attempts, message)
             raise SimulatorError(self.name, message, exhausted.attempts) from None
         latency = time.perf_counter() - started
-        text, prompt_tokens, completion_tokens = response.text, response.prompt_tokens, response.completion_tokens
+        # A server may echo the key (in an error text or a reply): it never reaches transcripts,
+        # the report or the policy's context.
+        text = self._scrub(response.text)
+        prompt_tokens, completion_tokens = response.prompt_tokens, response.completion_tokens
         cost = self._cost(response)
         self._stats.prompt_tokens += prompt_tokens
         self._stats.completion_tokens += completion_tokens
@@ -312,12 +316,13 @@ class LiteLLMSimulator:
                  self._scrub(describe_error(exc)))
 
     def _scrub(self, text: str) -> str:
-        """Remove the API key from a text that may be logged or raised."""
+        """Remove the API key (and any other protected secret) from a text that may be logged,
+        raised, or shown to the policy."""
         if self._api_key is not None:
             secret = self._api_key.get_secret_value()
             if secret and secret != LOCAL_SERVER_KEY:
                 text = text.replace(secret, "***")
-        return text
+        return redact(text)
 
 
 @dataclass(frozen=True)

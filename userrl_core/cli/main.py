@@ -22,6 +22,7 @@ from userrl_core import __version__
 from userrl_core.cli import doctor, eval_cmd, keys, plugins, report_cmd, run, simulate, simulator_cmd
 from userrl_core import exit_codes
 from userrl_core.errors import Terminated, UserError
+from userrl_core.redaction import RedactingStream, protect_environment
 
 COMMANDS = (run, plugins, doctor, simulate, keys, eval_cmd, report_cmd, simulator_cmd)
 
@@ -56,8 +57,19 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def redact_console() -> None:
+    """Everything the process prints passes through :func:`~userrl_core.redaction.redact`:
+    the values of secret-named environment variables and key-shaped text become ``***``."""
+    protect_environment()
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     install_sigterm_handler()
+    redact_console()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options (`run r.yaml --dry-run a.b=1`): argparse leaves those

@@ -15,6 +15,7 @@ import yaml
 
 from userrl_core.config import check_plugin_names, load_recipe
 from userrl_core.exit_codes import exit_code_for
+from userrl_core.redaction import redact_config
 from userrl_core.config.schema import RunConfig
 from userrl_core.plan import build_plan, format_plan
 from userrl_core.plugins import get_plugin_manager
@@ -56,8 +57,9 @@ def count_train_tasks(config: RunConfig, registry: Any) -> int:
 
 
 def resolved_yaml(config: RunConfig) -> str:
-    """The resolved config as YAML. It holds environment-variable names, never secret values."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML. It holds environment-variable names, never secret values
+    (secret-named settings are masked as well)."""
+    return yaml.safe_dump(redact_config(config.model_dump(mode="json")), sort_keys=False)
 
 
 def run_command(args: argparse.Namespace) -> int:

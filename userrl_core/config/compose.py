@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from userrl_core.config.schema import RunConfig
 from userrl_core.errors import ConfigError
+from userrl_core.redaction import check_no_literal_secrets, protect_recipe_variables, redact
 
 CONF_DIR = Path(__file__).parent / "conf"
 
@@ -66,11 +67,15 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {redact(repr(error.get('input')))})"
 
 
 def validate_config(data: dict[str, Any], source: str = "recipe") -> RunConfig:
-    """Validate a composed recipe; the error names every bad dotted key and the file."""
+    """Validate a composed recipe; the error names every bad dotted key and the file. A recipe
+    that holds an API key itself is refused first (the message never repeats the value), and
+    the values of the variables it names as keys are redacted from then on."""
+    check_no_literal_secrets(data, source)
+    protect_recipe_variables(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
