@@ -362,12 +362,21 @@ def test_a_refused_weight_push_stops_the_run_with_sglangs_message(ranks):
     assert all(s["offload_tags"] == [] for s in training.engines("control", engine_state))
 
 
-def test_sglang_needs_the_fsdp_training_backend(tiny_model_dir):
+def test_sglang_needs_the_fsdp_training_backend_and_one_gpu_per_engine(tiny_model_dir):
     from tests.test_fsdp_backend import make_config
     from userrl_plugins.backends.sglang_plugin import make_rollout_backend
 
     with pytest.raises(ConfigError, match="actor.backend: fsdp"):
         make_rollout_backend(config=make_config(tiny_model_dir), trainer=object(), engine_factory=DOUBLE)
+
+    class Ranks:  # would start engines: must not be asked to
+        def start_engines(self, spec):
+            raise AssertionError("engines started despite the bad config")
+
+    config = make_config(tiny_model_dir)
+    config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"tensor_model_parallel_size": 2})})
+    with pytest.raises(ConfigError, match="rollout.tensor_model_parallel_size"):
+        make_rollout_backend(config=config, trainer=Ranks(), engine_factory=DOUBLE)
 
 
 def test_plugin_lists_as_unavailable_with_the_install_hint_and_what_is_verified():

@@ -36,6 +36,11 @@ def make_rollout_backend(*, config: Any, trainer: Any = None, engine_factory: st
             f"rollout.backend: sglang runs one engine inside each training rank and needs actor.backend: fsdp "
             f"(got actor.backend: {config.actor.backend})"
         )
+    if config.rollout.tensor_model_parallel_size != 1:
+        raise ConfigError(
+            f"rollout.tensor_model_parallel_size: {config.rollout.tensor_model_parallel_size} is not supported by "
+            "rollout.backend: sglang, which runs one engine per training rank on that rank's own GPU (use 1)"
+        )
     model_dir = str(resolve_model_path(config.model.path))
     placed = trainer.start_engines({"factory": engine_factory, "config": config, "model_dir": model_dir,
                                     "base_port": ENGINE_BASE_PORT})

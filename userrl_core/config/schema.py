@@ -70,7 +70,9 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(
         0.6, gt=0.0, le=1.0, description="Rollout engine memory fraction on the GPU (SGLang mem_fraction_static)."
     )
-    tensor_model_parallel_size: int = Field(1, ge=1, description="Tensor parallel size of the rollout engine.")
+    tensor_model_parallel_size: int = Field(
+        1, ge=1, description="Tensor parallel size of the rollout engine (sglang: 1, one engine per training GPU)."
+    )
     system_prompt: str | None = Field(
         None,
         description="Replaces the dataset's system message (e.g. a short plain-text instruction for small models "
