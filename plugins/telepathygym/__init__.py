@@ -1,0 +1,1 @@
+"""TelepathyGym: guess the entity the simulated user is thinking of (UserRL semantics)."""

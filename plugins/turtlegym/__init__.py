@@ -1,0 +1,1 @@
+"""TurtleGym: uncover the hidden story behind a lateral-thinking puzzle (UserRL semantics)."""

@@ -1,0 +1,1 @@
+"""Shared pieces of the yes/no question games (TelepathyGym, TurtleGym)."""
