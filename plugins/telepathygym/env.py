@@ -70,6 +70,7 @@ class TelepathyGymFactory:
     """The registered ``TelepathyGym`` factory: builds episodes, validates dataset rows."""
 
     settings_model = TelepathyGymSettings
+    needs_simulator = True
     default_tasks = str(DEFAULT_VAL_PARQUET)
 
     def __call__(self, *, task: Task, simulator: Simulator, settings: dict[str, Any] | None = None,

@@ -124,6 +124,7 @@ class TurtleGymFactory:
     """The registered ``TurtleGym`` factory: builds episodes, validates dataset rows."""
 
     settings_model = TurtleGymSettings
+    needs_simulator = True
     default_tasks = str(DEFAULT_VAL_PARQUET)
 
     def __call__(self, *, task: Task, simulator: Simulator, settings: dict[str, Any] | None = None,
