@@ -6,8 +6,9 @@ benchmarked process's event loop or GIL, and written as a bare asyncio protocol 
 keep-alive, no framework) so that answering thousands of requests per second costs it little
 CPU on a small machine. It prints ``PORT <n>`` once it listens.
 
-IntentionGym judge prompts get ``{"covered": []}`` (nothing is ever covered, so every episode
-runs its full number of turns); every other prompt gets a fixed user reply.
+IntentionGym judge prompts get a verdict that covers nothing, in UserRL's format (IntentionGym's
+default ``judge_format``), so every episode runs its full number of turns; every other prompt
+gets a fixed user reply.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 
 JUDGE_MARKER = b"You judge clarifying questions"
 USER_REPLY = "I would like it to be ready in May, please."
-JUDGE_REPLY = json.dumps({"covered": []})
+JUDGE_REPLY = json.dumps({"analysis": "bench", "is_task_related": True, "covered_detail_indices": []})
 
 
 def _response(text: str) -> bytes:

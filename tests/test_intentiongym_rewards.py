@@ -47,7 +47,15 @@ def test_turn_reward_stays_in_unit_interval(importances, step_penalty, multi):
     assert 0.0 <= value <= 1.0
 
 
-def test_rewards_are_exact_decimals():
-    # 0.7 - 0.2 in floating point is 0.49999999999999994; transcripts and metrics show 0.5.
-    assert turn_reward([2, 1]) == 0.5
-    assert turn_reward([3, 2, 1]) == 0.6
+def test_rewards_are_userrls_floats_bit_for_bit():
+    # UserRL's _calculate_reward (gyms/IntentionGym/intentiongym/env/intention_env.py):
+    # max(0.0, base - multi_detail_penalty * (n - 1)), minus step_penalty, clipped to [0, 1].
+    # 0.7 - 0.2 is 0.49999999999999994 there, and the Sum score is computed from these floats.
+    assert turn_reward([2, 1]) == 0.7 - 0.2 == 0.49999999999999994
+    assert turn_reward([3, 2, 1]) == 1.0 - 0.2 * 2 == 0.6
+    assert turn_reward([3, 1, 1, 1]) == 1.0 - 0.2 * 3 == 0.3999999999999999
+
+
+def test_a_repeated_detail_counts_again():
+    # UserRL appends a detail once per index the judge gives, so [2] repeated is two details.
+    assert turn_reward([2, 2]) == 0.7 - 0.2

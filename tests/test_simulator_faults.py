@@ -216,13 +216,14 @@ def _ask(env, question: str):
 
 
 def test_intentiongym_turn_through_litellm_gets_a_reward(srv):
-    srv.default = lambda body: reply('{"covered": [1]}') if _is_judge(body) else reply("Type 2, please.")
+    verdict = '{"analysis": "asks about it", "is_task_related": true, "covered_detail_indices": [0]}'
+    srv.default = lambda body: reply(verdict) if _is_judge(body) else reply("Type 2, please.")
     sim = make(srv)
     env, spec = _env(sim)
     result = _ask(env, spec.missing_details[0].inquiry)
     assert result.status == StepStatus.OK
     assert result.reward is not None and result.reward > 0
-    assert result.observation == "Type 2, please."
+    assert result.observation == f"Type 2, please.\nReward: {result.reward}"
     assert srv.request_count == 2
 
 

@@ -31,9 +31,9 @@ DETAILS = [
 TASK = "Find the latest research on diabetes treatment."
 
 
-def context(question: str, *, turn: int = 1, seed: int = 0, details=None) -> dict:
+def context(question: str, *, turn: int = 1, seed: int = 0, details=None, **extra) -> dict:
     return {"env": "IntentionGym", "task": TASK, "question": question, "turn": turn, "seed": seed,
-            "details": DETAILS if details is None else details}
+            "details": DETAILS if details is None else details, **extra}
 
 
 def judge(question: str, **kw) -> SimulatorRequest:
@@ -166,6 +166,25 @@ def test_concurrent_requests_are_batched_and_cached(sim):
     run(many())
     assert cache.encoded == before  # all cached
     assert sim.stats()["calls"] == 48 and sim.stats()["failures"] == 0
+
+
+def test_judge_answers_in_userrls_format_with_the_labels_it_was_given(sim):
+    from userrl_plugins.intentiongym.judge import parse_judge_reply
+
+    zero_based = [dict(d, number=d["number"] - 1) for d in DETAILS]
+    on_topic = run(sim.complete(judge(DETAILS[1]["inquiry"], details=zero_based, judge_format="userrl"))).text
+    verdict = json.loads(on_topic)
+    assert set(verdict) == {"analysis", "is_task_related", "covered_detail_indices"}
+    assert verdict["is_task_related"] is True and verdict["covered_detail_indices"] == [1]
+    assert parse_judge_reply(on_topic, {0, 1, 2}).covered == [1]  # what IntentionGym reads back
+    off_topic = json.loads(run(sim.complete(
+        judge("What is your favourite football team?", details=zero_based, judge_format="userrl"))).text)
+    assert off_topic["is_task_related"] is False and off_topic["covered_detail_indices"] == []
+
+
+def test_unknown_judge_format_fails_clearly(sim):
+    with pytest.raises(SimulatorError, match="judge_format 'xml'"):
+        run(sim.complete(judge("Which type?", judge_format="xml")))
 
 
 def test_bad_model_folder_is_a_clear_error(tmp_path):

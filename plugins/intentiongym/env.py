@@ -1,15 +1,22 @@
 """The IntentionGym environment: one episode of clarifying questions about one vague request.
 
-Semantics follow UserRL's IntentionGym, so scores compare:
+Semantics and, by default, the protocol around them follow UserRL's IntentionGym (its
+``intention_env.py``, ``prompts.py`` and the ``interact_with_env`` tool), so scores compare:
 
 - ``action`` (a clarifying question): the simulated user replies and the judge decides which
   still-missing details the question covers, in two concurrent simulator calls; the turn reward
   comes from :func:`~userrl_plugins.intentiongym.rewards.turn_reward`.
-- ``answer``: UserRL strips the ``[answer]`` tag and evaluates the text exactly like a question,
-  so this environment does the same.
+- ``answer`` and ``search``: UserRL's tool tags them (``[answer]``, ``[search]``) and its
+  environment evaluates the text exactly like a question, so this environment does the same.
 - ``finish``: the episode ends with reward 0 and no simulator call.
 - The episode also ends when every detail is covered or after ``max_turns`` steps (a finish
   counts as a step, as in UserRL).
+- Every observation ends with ``Reward: <r>`` as UserRL's tool appends it
+  (``reward_in_observation``).
+
+Where userrl's earlier protocol is better for a purpose, it stays available as a setting
+(``judge_format: numbered``, ``duplicate_indices: ignore``, ``user_sees_details: false``,
+``reward_in_observation: false``); docs/environments.md says when to use which.
 
 Unlike UserRL, a failed simulator call is never turned into a canned reply and reward 0: the
 step comes back with ``status=SIMULATOR_FAILED`` and ``reward=None`` and the episode ends, so
@@ -36,7 +43,7 @@ from userrl_core.types import (
     Task,
 )
 from userrl_plugins.intentiongym import prompts
-from userrl_plugins.intentiongym.judge import JudgeReplyError, JudgeVerdict, parse_judge_reply
+from userrl_plugins.intentiongym.judge import Duplicates, JudgeFormat, JudgeReplyError, JudgeVerdict, parse_judge_reply
 from userrl_plugins.intentiongym.rewards import DEFAULT_MULTI_DETAIL_PENALTY, turn_reward
 from userrl_plugins.intentiongym.tasks import (
     DEFAULT_TASK_FILES,
@@ -67,6 +74,24 @@ class IntentionGymSettings(BaseModel):
     )
     judge_retries: int = Field(2, ge=0, description="Re-asks when the judge's reply holds no parsable JSON verdict.")
     history_turns: int = Field(3, ge=0, description="Earlier question/answer pairs shown to the user and the judge (UserRL: 3).")
+    judge_format: JudgeFormat = Field(
+        "userrl",
+        description="How the judge answers: 'userrl' = details listed from 0, {analysis, is_task_related, "
+        "covered_detail_indices} (UserRL); 'numbered' = details numbered from 1, {\"covered\": [...]}.",
+    )
+    duplicate_indices: Duplicates = Field(
+        "count",
+        description="A detail index the judge repeats: 'count' = each repeat counts as one more covered detail "
+        "and costs multi_detail_penalty (UserRL); 'ignore' = counted once.",
+    )
+    user_sees_details: bool = Field(
+        True,
+        description="Show the simulated user every missing detail with its example answers, so it answers with "
+        "a consistent concrete value (UserRL); false = the request text only.",
+    )
+    reward_in_observation: bool = Field(
+        True, description="Append 'Reward: <r>' to every observation the agent sees, as UserRL's tool does."
+    )
 
 
 def parse_settings(settings: dict[str, Any] | IntentionGymSettings | None) -> IntentionGymSettings:
@@ -120,6 +145,8 @@ class IntentionGymEnv:
         self.done = False
         self.failed = False
         self.out_of_range = 0
+        self.duplicates = 0
+        self.unrelated = 0
         self.judge_reasks = 0
 
     # ------------------------------------------------------------------ protocol
@@ -147,6 +174,8 @@ class IntentionGymEnv:
             "turns": float(self.steps),
             "questions": float(self.questions),
             "judge/out_of_range": float(self.out_of_range),
+            "judge/duplicates": float(self.duplicates),
+            "judge/unrelated": float(self.unrelated),
             "judge/reasks": float(self.judge_reasks),
         }
         for level in (3, 2, 1):
@@ -162,29 +191,37 @@ class IntentionGymEnv:
         self.done = True
         self.rewards.append(0.0)
         total = len(self.spec.missing_details)
-        observation = f"Conversation ended. {len(self.covered)} of {total} missing details were clarified."
+        observation = self._observe(
+            f"Conversation ended. {len(self.covered)} of {total} missing details were clarified.", 0.0
+        )
         return StepResult(observation=observation, reward=0.0, done=True, info=self._info([], "finish"))
+
+    def _observe(self, text: str, reward: float) -> str:
+        return prompts.with_reward(text, reward) if self.settings.reward_in_observation else text
 
     async def _ask(self, question: str) -> StepResult:
         self.questions += 1
-        shown = prompts.numbered_details(self.remaining)
-        history = self.history[-self.settings.history_turns:] if self.settings.history_turns else []
-        context = prompts.request_context(self.spec, question, shown, turn=self.questions, seed=self.seed)
+        cfg = self.settings
+        shown = prompts.labelled_details(self.remaining, cfg.judge_format)
+        history = self.history[-cfg.history_turns:] if cfg.history_turns else []
+        context = prompts.request_context(
+            self.spec, question, shown, judge_format=cfg.judge_format, turn=self.questions, seed=self.seed
+        )
         reply_request = SimulatorRequest(
             purpose="reply",
-            messages=prompts.reply_messages(self.spec, question, history),
+            messages=prompts.reply_messages(self.spec, question, history, sees_details=cfg.user_sees_details),
             context=context,
             response_format="text",
         )
         judge_request = SimulatorRequest(
             purpose="judge",
-            messages=prompts.judge_messages(self.spec, question, history, shown),
+            messages=prompts.judge_messages(self.spec, question, history, shown, cfg.judge_format),
             context=context,
             response_format="json",
         )
         reply, judged = await asyncio.gather(
             self.simulator.complete(reply_request),
-            self._judge(judge_request, {n for n, _ in shown}),
+            self._judge(judge_request, {label for label, _ in shown}),
             return_exceptions=True,
         )
         for outcome in (reply, judged):
@@ -194,49 +231,61 @@ class IntentionGymEnv:
                 raise outcome
         verdict, judge_calls = judged
         self.out_of_range += verdict.out_of_range
+        self.duplicates += verdict.duplicates
+        self.unrelated += not verdict.task_related
 
-        newly = [shown[n - 1][1] for n in verdict.covered]
-        self.remaining = [d for n, d in shown if n not in verdict.covered]
+        by_label = dict(shown)
+        # One entry per covered index the judge gave; with duplicate_indices=count a repeated
+        # index is here twice, as in UserRL (it costs one more multi_detail_penalty).
+        rewarded = [by_label[label] for label in verdict.covered]
+        newly = [by_label[label] for label in dict.fromkeys(verdict.covered)]
+        self.remaining = [d for label, d in shown if label not in verdict.covered]
         self.covered.extend(newly)
         reward = turn_reward(
-            [d.importance for d in newly],
-            step_penalty=self.settings.step_penalty,
-            multi_detail_penalty=self.settings.multi_detail_penalty,
+            [d.importance for d in rewarded],
+            step_penalty=cfg.step_penalty,
+            multi_detail_penalty=cfg.multi_detail_penalty,
         )
         self.rewards.append(reward)
-        observation = reply.text.strip()
-        self.history.append((question, observation))
+        text = reply.text.strip()
+        self.history.append((question, text))
 
         end_reason = None
         if not self.remaining:
             end_reason = "all_covered"
-        elif self.steps >= self.settings.max_turns:
+        elif self.steps >= cfg.max_turns:
             end_reason = "max_turns"
         self.done = end_reason is not None
         info = self._info(newly, end_reason)
         info["judge/out_of_range"] = verdict.out_of_range
+        info["judge/duplicates"] = verdict.duplicates
+        info["judge/task_related"] = verdict.task_related
         info["simulator/calls"] = 1 + judge_calls
-        return StepResult(observation=observation, reward=reward, done=self.done, info=info)
+        return StepResult(observation=self._observe(text, reward), reward=reward, done=self.done, info=info)
 
-    async def _judge(self, request: SimulatorRequest, numbers: set[int]) -> tuple[JudgeVerdict, int]:
+    async def _judge(self, request: SimulatorRequest, labels: set[int]) -> tuple[JudgeVerdict, int]:
         """Ask the judge, re-asking on an unusable reply; returns the verdict and the calls made."""
+        cfg = self.settings
         problem = ""
-        for attempt in range(self.settings.judge_retries + 1):
+        for attempt in range(cfg.judge_retries + 1):
             if attempt:
                 self.judge_reasks += 1
             response = await self.simulator.complete(request)
             try:
-                return parse_judge_reply(response.text, numbers), attempt + 1
+                verdict = parse_judge_reply(
+                    response.text, labels, judge_format=cfg.judge_format, duplicates=cfg.duplicate_indices
+                )
+                return verdict, attempt + 1
             except JudgeReplyError as exc:
                 problem = str(exc)
                 request = SimulatorRequest(
                     purpose="judge",
-                    messages=prompts.judge_reask_messages(request.messages, response.text, problem),
+                    messages=prompts.judge_reask_messages(request.messages, response.text, problem, cfg.judge_format),
                     context=request.context,
                     response_format="json",
                 )
         raise _JudgeFailed(
-            f"judge gave no usable verdict after {self.settings.judge_retries + 1} attempt(s): {problem}"
+            f"judge gave no usable verdict after {cfg.judge_retries + 1} attempt(s): {problem}"
         )
 
     def _fail(self, error: str) -> StepResult:

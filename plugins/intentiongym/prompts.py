@@ -3,10 +3,15 @@
 Every clarifying question costs two simulator calls, made concurrently:
 
 - ``purpose="reply"``: the user answers the question. The prompt shows the vague request, its
-  category and the conversation so far, but **never the missing details**, so the agent cannot
-  read them off the user's reply. Plain text is expected.
-- ``purpose="judge"``: the judge is shown the still-missing details, numbered from 1, and
-  answers ``{"covered": [numbers]}`` (``response_format="json"``).
+  category and the conversation so far and, with ``user_sees_details`` (the default, as in
+  UserRL), every detail the request leaves out with the answers the user might give, so the
+  user answers with a concrete value and keeps to it. The user is told never to volunteer them.
+  Plain text is expected.
+- ``purpose="judge"``: the judge is shown the still-missing details and answers which ones the
+  question covers (``response_format="json"``), in the ``judge_format`` of the settings:
+  ``userrl`` (details listed from 0; ``{"analysis", "is_task_related", "covered_detail_indices"}``)
+  or ``numbered`` (details numbered from 1; ``{"covered": [numbers]}``). See
+  :mod:`userrl_plugins.intentiongym.judge`.
 
 Simulators that are not language models (the offline ``local`` simulator) read
 ``SimulatorRequest.context`` instead of the messages. Its shape, the same for both purposes::
@@ -15,8 +20,9 @@ Simulators that are not language models (the offline ``local`` simulator) read
         "env": "IntentionGym",
         "task": str,            # the vague request
         "question": str,        # the agent's clarifying question
+        "judge_format": "userrl" | "numbered",  # how the judge must answer (judge.FORMATS)
         "details": [            # only the still-missing details, in the order shown to the judge
-            {"number": int,     # 1-based; the judge answers with these numbers
+            {"number": int,     # the label shown to the judge: from 0 (userrl) or 1 (numbered)
              "description": str, "inquiry": str, "options": [str, ...],
              "importance": 1 | 2 | 3},
             ...
@@ -26,16 +32,16 @@ Simulators that are not language models (the offline ``local`` simulator) read
     }
 
 A ``reply`` simulator must not reveal details it was not asked about; the ``details`` are in
-the reply context only so that an offline simulator can pick a plausible answer.
+the reply context so that an offline simulator can pick a plausible answer.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from userrl_core.types import Message
 
+from userrl_plugins.intentiongym.judge import FORMATS
 from userrl_plugins.intentiongym.tasks import IntentionTask, MissingDetail
 
 ENV_NAME = "IntentionGym"
@@ -62,14 +68,42 @@ realistic, consistent answer.
 - Only answer what you are asked. Do not volunteer other details, do not list what else \
 might matter, and do not solve the task yourself: you are the one who needs help."""
 
+_REPLY_DETAILS_NOTE = """\
+What you have in mind but left out of your request (the helper does not see this list):
+{details}
+
+When the helper asks about one of these, answer with one concrete choice (one of the examples \
+or something like them) and keep to it for the rest of the conversation. Never mention a \
+detail the helper did not ask about, and never show this list."""
+
 _JUDGE_SYSTEM = """\
 You judge clarifying questions. A helper is asking a user about a vague request; some details \
 of the request are still unknown. Decide which of the listed unknown details the helper's \
 latest question asks about, i.e. which ones its answer would reveal. A question that is off \
 topic, rhetorical, or not about the user's needs covers none. Judge only the latest question.
 
-Answer with JSON only, in exactly this form: {"covered": [numbers of the covered details]}. \
-Use [] when it covers none."""
+"""
+
+_JUDGE_ANSWER = {
+    "userrl": (
+        "Answer with JSON only, in exactly this form:\n"
+        '{"analysis": "one or two sentences on what the question asks", '
+        '"is_task_related": true or false (is the question about what the user needs for this request?), '
+        '"covered_detail_indices": [indices of the unknown details the question covers, as listed]}\n'
+        "Use [] when it covers none; an unrelated question covers none."
+    ),
+    "numbered": 'Answer with JSON only, in exactly this form: {"covered": [numbers of the covered details]}. '
+                "Use [] when it covers none.",
+}
+_JUDGE_QUESTION = {
+    "userrl": 'Which unknown details does the latest question cover? Reply with the JSON object.',
+    "numbered": 'Which unknown details does the latest question cover? Reply {"covered": [...]}.',
+}
+_JUDGE_REASK_FORMAT = {
+    "userrl": '{"analysis": "...", "is_task_related": true or false, "covered_detail_indices": [indices]}, '
+              "using only the indices listed above",
+    "numbered": '{"covered": [numbers]}, using only the numbers listed above',
+}
 
 _IMPORTANCE_LABEL = {3: "high", 2: "medium", 1: "low"}
 
@@ -90,8 +124,24 @@ def _history_text(history: list[tuple[str, str]], *, helper: str, user: str) -> 
     return "\n".join(f"{helper}: {q}\n{user}: {a}" for q, a in history)
 
 
-def reply_messages(task: IntentionTask, question: str, history: list[tuple[str, str]]) -> list[Message]:
-    """The simulated user's prompt: request, category, conversation, question. No details."""
+def _details_for_user(details: list[MissingDetail]) -> str:
+    lines = []
+    for detail in details:
+        line = f"- {detail.description}"
+        if detail.options:
+            line += f" (for example: {'; '.join(detail.options)})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def reply_messages(
+    task: IntentionTask, question: str, history: list[tuple[str, str]], *, sees_details: bool = True
+) -> list[Message]:
+    """The simulated user's prompt: request, category, conversation, question and, when
+    ``sees_details``, every missing detail of the task with its example answers."""
+    system = _REPLY_SYSTEM
+    if sees_details:
+        system += "\n\n" + _REPLY_DETAILS_NOTE.format(details=_details_for_user(list(task.missing_details)))
     user = (
         f"Your request: {task.task}\n"
         f"Category: {task.category or 'General'}\n\n"
@@ -99,12 +149,13 @@ def reply_messages(task: IntentionTask, question: str, history: list[tuple[str, 
         f"The helper now asks: {question}\n\n"
         "Your answer:"
     )
-    return [{"role": "system", "content": _REPLY_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def numbered_details(details: list[MissingDetail]) -> list[tuple[int, MissingDetail]]:
-    """The still-missing details with the 1-based numbers the judge will see."""
-    return list(enumerate(details, start=1))
+def labelled_details(details: list[MissingDetail], judge_format: str) -> list[tuple[int, MissingDetail]]:
+    """The still-missing details with the labels the judge will see (from 0 for ``userrl``,
+    from 1 for ``numbered``)."""
+    return list(enumerate(details, start=FORMATS[judge_format].first_label))
 
 
 def judge_messages(
@@ -112,33 +163,35 @@ def judge_messages(
     question: str,
     history: list[tuple[str, str]],
     details: list[tuple[int, MissingDetail]],
+    judge_format: str,
 ) -> list[Message]:
-    """The judge's prompt: the request, the numbered still-missing details, the question."""
+    """The judge's prompt: the request, the labelled still-missing details, the question."""
     lines = []
-    for number, detail in details:
-        line = f"{number}. {detail.description} (importance: {_IMPORTANCE_LABEL[detail.importance]})"
+    for label, detail in details:
+        line = f"{label}. {detail.description} (importance: {_IMPORTANCE_LABEL[detail.importance]})"
         if detail.inquiry:
             line += f"\n   a question that would cover it: {detail.inquiry}"
         lines.append(line)
     user = (
         f"Request: {task.task}\n"
         f"Category: {task.category or 'General'}\n\n"
-        "Unknown details:\n" + "\n".join(lines) + "\n\n"
+        "Unknown details:\n" + ("\n".join(lines) or "(none)") + "\n\n"
         f"Earlier conversation:\n{_history_text(history, helper='Helper', user='User')}\n\n"
         f"Latest question: {question}\n\n"
-        'Which unknown details does the latest question cover? Reply {"covered": [...]}.'
+        + _JUDGE_QUESTION[judge_format]
     )
-    return [{"role": "system", "content": _JUDGE_SYSTEM}, {"role": "user", "content": user}]
+    system = _JUDGE_SYSTEM + _JUDGE_ANSWER[judge_format]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def judge_reask_messages(previous: list[Message], bad_reply: str, problem: str) -> list[Message]:
+def judge_reask_messages(previous: list[Message], bad_reply: str, problem: str, judge_format: str) -> list[Message]:
     """The judge's prompt again, with its unusable reply and a request for the exact format."""
     return previous + [
         {"role": "assistant", "content": bad_reply},
         {
             "role": "user",
             "content": f"That reply could not be used ({problem}). Answer again with JSON only, "
-            'exactly {"covered": [numbers]}, using only the numbers listed above.',
+            f"exactly {_JUDGE_REASK_FORMAT[judge_format]}.",
         },
     ]
 
@@ -148,6 +201,7 @@ def request_context(
     question: str,
     details: list[tuple[int, MissingDetail]],
     *,
+    judge_format: str,
     turn: int,
     seed: int,
 ) -> dict[str, Any]:
@@ -156,21 +210,23 @@ def request_context(
         "env": ENV_NAME,
         "task": task.task,
         "question": question,
+        "judge_format": judge_format,
         "details": [
             {
-                "number": number,
+                "number": label,
                 "description": d.description,
                 "inquiry": d.inquiry,
                 "options": list(d.options),
                 "importance": d.importance,
             }
-            for number, d in details
+            for label, d in details
         ],
         "turn": turn,
         "seed": seed,
     }
 
 
-def verdict_json(numbers: list[int]) -> str:
-    """A judge answer in the expected format, for simulators that decide without a language model."""
-    return json.dumps({"covered": numbers})
+def with_reward(observation: str, reward: float) -> str:
+    """The observation as UserRL's ``interact_with_env`` tool returns it: the reply, a newline,
+    ``Reward: `` and the reward as Python prints a float (``1.0``, ``0.49999999999999994``)."""
+    return f"{observation}\nReward: {float(reward)}"

@@ -11,7 +11,11 @@ environments that describe their hidden facts in structured form.
   when ``max(cos(question, description), cos(question, inquiry)) > judge_threshold`` and, unless
   ``simulator.extra.judge_margin`` is null, that score is within the margin of the best detail's
   (so a question about one detail does not also cover its look-alike siblings: the example
-  inquiries of one task share much wording). The answer is ``{"covered": [numbers]}`` as JSON.
+  inquiries of one task share much wording). The answer is JSON in the format the context's
+  ``judge_format`` names, with the labels the context gives each detail: ``userrl``
+  ``{"analysis", "is_task_related", "covered_detail_indices"}`` (related exactly when something
+  is covered: an embedding judge has no other notion of relatedness) or ``numbered``
+  ``{"covered": [...]}`` (also when the context names no format).
 * **Reply** (``purpose="reply"``): the user states one of the options of every detail the judge
   would count as covered (best match first), picked from ``(seed, task, detail, turn)``; when
   nothing matches, a polite redirect. No detail that was not asked about is ever revealed.
@@ -127,7 +131,7 @@ class LocalSimulator:
             self.last_error = exc.last_error
             raise
         if request.purpose == "judge":
-            text = json.dumps({"covered": [m.number for m in self.covered(matches)]})
+            text = self._verdict(request.context, self.covered(matches))
         else:
             text = self._reply(request.context, matches)
         latency = time.perf_counter() - started
@@ -158,9 +162,22 @@ class LocalSimulator:
         floor = best - self.margin if self.margin is not None else -np.inf
         return [m for m in matches if m.score > self.threshold and m.score >= floor]
 
+    def _verdict(self, context: dict[str, Any], covered: Sequence[Match]) -> str:
+        labels = [m.number for m in covered]
+        if context.get("judge_format") == "userrl":
+            best = f"closest detail: {covered[0].detail.description!r} (cosine {covered[0].score:.2f})" if covered else (
+                f"no detail above the similarity threshold {self.threshold}"
+            )
+            return json.dumps({"analysis": f"embedding judge; {best}", "is_task_related": bool(labels),
+                               "covered_detail_indices": labels})
+        return json.dumps({"covered": labels})
+
     def _read_context(self, request: SimulatorRequest) -> tuple[str, list[Detail]]:
         context = request.context or {}
         env = context.get("env", "unknown")
+        judge_format = context.get("judge_format", "numbered")
+        if judge_format not in ("userrl", "numbered"):
+            self._fail(f"context.judge_format {judge_format!r} of environment {env!r} is not 'userrl' or 'numbered'")
         raw_details = context.get("details")
         question = context.get("question")
         if not isinstance(raw_details, list) or not isinstance(question, str):
