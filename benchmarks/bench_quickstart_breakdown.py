@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "rollout.max_turns=2", "rollout.max_new_tokens=16"]
 
     from userrl_core.config.compose import load_recipe
-    from userrl_core.trainer import Trainer, build_components
+    from userrl_core.training.build import build_components
+    from userrl_core.training.trainer import Trainer
 
     meter = PhaseMeter()
     with tempfile.TemporaryDirectory(prefix="userrl-bench-") as folder:

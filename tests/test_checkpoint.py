@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from userrl_core.checkpoint import CheckpointManager
+from userrl_core.training.checkpoint import CheckpointManager
 
 
 def writer(text):

@@ -13,7 +13,7 @@ import pytest
 from fixtures.distributions import builtin_entry_point_names, cli, make_distribution
 from fixtures.recipes import minimal_recipe, names_plugin
 from userrl_core.cli.simulate import parse_action
-from userrl_core.doctor import exit_status, recipe_checks
+from userrl_core.preflight.doctor import exit_status, recipe_checks
 from userrl_core.plugins import PluginManager
 from userrl_core.types import Action
 

@@ -14,7 +14,7 @@ import yaml
 
 from userrl_core.config import validate_config
 from userrl_core.errors import UserError
-from userrl_core.evaluate import evaluate, resolve_checkpoint
+from userrl_core.training.evaluate import evaluate, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_KEY = "val-core/interact_intention/reward/mean@2"

@@ -325,7 +325,7 @@ def test_unknown_rule_and_bad_changes_are_named():
 
 
 def test_the_trainer_applies_scaled_changes():
-    from userrl_core.trainer import apply_changes
+    from userrl_core.config import apply_changes
 
     config = make_config()
     changed = apply_changes(config, {"actor.lr": "*0.5", "actor.use_kl_loss": True})
@@ -353,7 +353,8 @@ def test_rollback_restores_the_exact_best_state_and_applies_changes(tmp_path, ti
 
     import torch
 
-    from userrl_core.trainer import Trainer, build_components
+    from userrl_core.training.build import build_components
+    from userrl_core.training.trainer import Trainer
 
     root = Path(__file__).resolve().parents[1]
     config = validate_config({

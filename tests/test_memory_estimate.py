@@ -5,7 +5,7 @@ import json
 import pytest
 
 from userrl_core.config.compose import load_recipe
-from userrl_core.memory_estimate import (
+from userrl_core.preflight.memory_estimate import (
     GB,
     KNOWN_SHAPES,
     Geometry,

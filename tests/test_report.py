@@ -15,7 +15,7 @@ from PIL import Image
 
 from userrl_core.config import validate_config
 from userrl_core.errors import UserError
-from userrl_core.report import PLOTS, key_nodes, load_run, pick_transcripts, write_report
+from userrl_core.training.report import PLOTS, key_nodes, load_run, pick_transcripts, write_report
 
 VAL_KEY = "val-core/interact_intention/reward/mean@1"
 

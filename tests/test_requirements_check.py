@@ -9,7 +9,7 @@ import pytest
 
 from userrl_core.config.compose import load_recipe
 from userrl_core.errors import MissingRequirementError
-from userrl_core.requirements_check import check_requirements, find_missing, model_is_available
+from userrl_core.preflight.requirements_check import check_requirements, find_missing, model_is_available
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_check_is_fast_and_does_not_import_torch():
     code = (
         "import sys, time; t = time.time()\n"
         "from userrl_core.config.compose import load_recipe\n"
-        "from userrl_core.requirements_check import find_missing\n"
+        "from userrl_core.preflight.requirements_check import find_missing\n"
         "c = load_recipe('recipes/intention_4b.yaml'); m = find_missing(c)\n"
         "print(len(m), 'torch' in sys.modules, round(time.time() - t, 2))\n"
     )

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from userrl_core.config.schema import SimulatorConfig, SimulatorServerConfig
-from userrl_core.simulator_server import (
+from userrl_core.training.simulator_server import (
     ManagedSimulatorServer,
     SimulatorServerError,
     build_server_command,

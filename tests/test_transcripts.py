@@ -3,7 +3,7 @@ environment gave no reward, so the line says null, never 0.0."""
 
 from __future__ import annotations
 
-from userrl_core.metrics import episode_record
+from userrl_core.training.metrics import episode_record
 from userrl_core.rollout.summary import SIMULATOR_ERROR_KEY
 from userrl_core.types import Action, Episode, EpisodeStatus, Task, Turn
 

@@ -11,7 +11,7 @@ with the rule's ``changes``. A roll-back is only asked for while fewer than
 ``guard.max_rollbacks`` were asked for and a best checkpoint exists; otherwise the guard asks for
 a stop and says why. Validation rules run on ``on_validation_end``; training rules on
 ``on_step_end`` (whose metrics may also hold the validation metrics of that step; they are not
-counted twice). The validation reward is :func:`userrl_core.val_reward.validation_reward`: the
+counted twice). The validation reward is :func:`userrl_core.training.val_reward.validation_reward`: the
 mean of ``val-core/<data_source>/reward/mean@n`` over data sources.
 
 Rules, thresholds and defaults: ``userrl_core.config.schema.GuardRule`` and docs/guard.md.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from userrl_core.config.schema import GuardConfig, GuardRule
-from userrl_core.val_reward import validation_reward
+from userrl_core.training.val_reward import validation_reward
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class RuleSpec:
     what: str  # how the message names the breach, e.g. "below threshold × reference"
 
 
-VAL_REWARD = "validation reward"  # userrl_core.val_reward.validation_reward
+VAL_REWARD = "validation reward"  # userrl_core.training.val_reward.validation_reward
 
 RULES: dict[str, RuleSpec] = {
     "val_reward_drop": RuleSpec(check_val_reward_drop, "validation", VAL_REWARD, "below {t:g} × best"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from userrl_core.doctor import exit_status, run_doctor
+from userrl_core.preflight.doctor import exit_status, run_doctor
 
 
 def add_parser(subparsers: Any) -> None:

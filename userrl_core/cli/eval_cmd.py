@@ -31,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from userrl_core.evaluate import evaluate
+    from userrl_core.training.evaluate import evaluate
 
     result = evaluate(args.checkpoint, recipe=args.recipe, split=args.split, n=args.n, overrides=args.overrides,
                       out_dir=args.out, temperature=args.temperature, max_tasks=args.max_tasks)

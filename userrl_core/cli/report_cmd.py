@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from userrl_core.report import write_report
+    from userrl_core.training.report import write_report
 
     path = write_report(args.run_dir)
     print(f"report: {path}")

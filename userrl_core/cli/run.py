@@ -17,9 +17,9 @@ from userrl_core.config import check_plugin_names, load_recipe
 from userrl_core.exit_codes import exit_code_for
 from userrl_core.redaction import redact_config
 from userrl_core.config.schema import RunConfig
-from userrl_core.plan import build_plan, format_plan
+from userrl_core.preflight.plan import build_plan, format_plan
 from userrl_core.plugins import get_plugin_manager
-from userrl_core.requirements_check import check_requirements
+from userrl_core.preflight.requirements_check import check_requirements
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,9 +70,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(resolved_yaml(config))
         print(format_plan(plan))
         return 0
-    from userrl_core.trainer import run_training
+    from userrl_core.training.trainer import run_training
 
-    from userrl_core.progress import print_summary
+    from userrl_core.training.progress import print_summary
 
     summary = run_training(config, recipe_path=args.recipe, resume=args.resume, run_dir=args.run_dir)
     status = summary.get("status", "finished")

@@ -14,7 +14,7 @@ from typing import Any
 
 from userrl_core.config.compose import load_recipe
 from userrl_core.errors import MissingRequirementError
-from userrl_core.simulator_server import ManagedSimulatorServer, SimulatorServerError, routed_simulator_config
+from userrl_core.training.simulator_server import ManagedSimulatorServer, SimulatorServerError, routed_simulator_config
 
 
 def add_parser(subparsers: Any) -> None:

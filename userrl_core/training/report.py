@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from userrl_core.errors import UserError
-from userrl_core.val_reward import validation_reward
+from userrl_core.training.val_reward import validation_reward
 
 TRAIN_REWARD_KEYS = ("critic/rewards/mean", "critic/score/mean")
 MAX_TURN_CHARS = 2000

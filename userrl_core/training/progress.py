@@ -13,7 +13,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
-from userrl_core.metrics import console_line
+from userrl_core.training.metrics import console_line
 
 _COLUMNS = [
     ("score", "critic/score/mean", "{:.3f}"),

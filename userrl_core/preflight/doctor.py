@@ -3,7 +3,7 @@
 Every check is one line, ``PASS``, ``FAIL`` or ``INFO``. Without a recipe only the basics are
 required (Python, torch); GPUs are information. With a recipe, everything the recipe needs is
 required: it validates, its plugin names are registered, its GPUs, extras and model are here
-(:func:`userrl_core.requirements_check.find_missing`), its simulator's API-key variable is set
+(:func:`userrl_core.preflight.requirements_check.find_missing`), its simulator's API-key variable is set
 (the value is never shown), its data files exist, the port of a server the run would start is
 free and the OpenAI-compatible server it would call on this machine is listening.
 A failed required check makes the exit status 1.
@@ -111,7 +111,7 @@ def port_is_listening(host: str, port: int, timeout: float = 1.0) -> bool:
 
 def recipe_checks(recipe: str, overrides: Sequence[str], manager: Any) -> list[Check]:
     from userrl_core.config import check_plugin_names, load_recipe
-    from userrl_core.requirements_check import find_missing
+    from userrl_core.preflight.requirements_check import find_missing
 
     try:
         config = load_recipe(recipe, list(overrides))

@@ -3,7 +3,7 @@
 A run folder means its best checkpoint (``checkpoints/best``); a checkpoint folder (one with
 ``hf/``) or a bare Hugging Face model folder can be given too. The recipe is the run folder's
 ``config.yaml`` unless ``recipe`` names one. The simulator, backends and rollout engine are built
-exactly as the trainer builds them (:func:`userrl_core.trainer.build_components`), with
+exactly as the trainer builds them (:func:`userrl_core.training.build.build_components`), with
 ``model.path`` pointed at the checkpoint, and each task runs ``n`` times at the validation
 temperature. The result (``eval.json``) carries ``val-core/<data_source>/reward/mean@n`` and the
 ``val-aux`` metrics validation logs, the mean over data sources (the number the best checkpoint
@@ -27,7 +27,7 @@ from userrl_core.config import load_recipe, validate_config
 from userrl_core.config.schema import RunConfig
 from userrl_core.errors import UserError
 from userrl_core.types import Episode, EpisodeStatus
-from userrl_core.val_reward import validation_reward
+from userrl_core.training.val_reward import validation_reward
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     """Evaluate a checkpoint on a split (``val``, ``train`` or a task file); write ``eval.json`` and
     transcripts into ``out_dir`` and return what ``eval.json`` holds."""
     from userrl_core.data import load_tasks
-    from userrl_core.metrics import episode_record, simulator_delta
+    from userrl_core.training.metrics import episode_record, simulator_delta
     from userrl_core.rollout import validation_metrics
-    from userrl_core.trainer import apply_system_prompt, build_components
+    from userrl_core.training.build import apply_system_prompt, build_components
 
     if n < 1:
         raise UserError(f"--n must be at least 1; got {n}")

@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,77 +28,26 @@ import numpy as np
 import torch
 import yaml
 
-from userrl_core import batching
 from userrl_core.algorithms.advantages import grpo_multiturn_advantages
-from userrl_core.checkpoint import CheckpointManager
-from userrl_core.config import RunConfig, check_plugin_names
+from userrl_core.config import RunConfig, apply_changes, check_plugin_names
 from userrl_core.data import load_tasks
 from userrl_core.errors import RunStopped, Terminated, UserError
-from userrl_core.metrics import RunRecorder, simulator_delta
-from userrl_core.plan import plan_geometry
-from userrl_core.plugins import PluginManager, get_plugin_manager
-from userrl_core.progress import ConsoleProgress, quiet_third_party_output
+from userrl_core.plugins import get_plugin_manager
 from userrl_core.registry import Kind
-from userrl_core.rollout import RolloutEngine, validation_metrics
+from userrl_core.rollout import validation_metrics
 from userrl_core.run import RunHandle
+from userrl_core.training import batching
+from userrl_core.training.build import Components, apply_system_prompt, build_components
+from userrl_core.training.checkpoint import CheckpointManager
+from userrl_core.training.geometry import plan_geometry
+from userrl_core.training.metrics import RunRecorder, simulator_delta
+from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
+from userrl_core.training.val_reward import validation_reward
 from userrl_core.types import Episode, Task
-from userrl_core.val_reward import validation_reward
 
 log = logging.getLogger("userrl")
 
 TRAINER_STATE = "trainer_state.pt"
-
-
-# --------------------------------------------------------------------------------------------
-# Building the pieces (shared with `userrl eval`)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Components:
-    config: RunConfig
-    plugins: PluginManager
-    simulator: Any
-    training: Any
-    rollout: Any
-    engine: RolloutEngine
-
-
-def apply_system_prompt(tasks: list[Task], system_prompt: str | None) -> list[Task]:
-    """Replace (or add) each task's system message when the recipe gives one."""
-    if system_prompt is None:
-        return tasks
-    out = []
-    for task in tasks:
-        rest = [m for m in task.prompt if m.get("role") != "system"]
-        out.append(replace(task, prompt=[{"role": "system", "content": system_prompt}, *rest]))
-    return out
-
-
-def build_components(config: RunConfig, plugins: PluginManager | None = None,
-                     total_steps: int | None = None) -> Components:
-    """Plugins, simulator, backends and rollout engine for a validated config. ``total_steps``
-    is the run's length, the horizon of the learning-rate schedule."""
-    plugins = plugins or get_plugin_manager()
-    registry = plugins.registry
-    check_plugin_names(config, registry)
-    sim_config = config.simulator
-    if sim_config.seed is None:
-        sim_config = sim_config.model_copy(update={"seed": config.trainer.seed})
-    simulator = registry.get(Kind.SIMULATOR, sim_config.name, key_path="simulator.name")(config=sim_config)
-    training = registry.get(Kind.TRAINING_BACKEND, config.actor.backend, key_path="actor.backend")(
-        config=config, total_steps=total_steps
-    )
-    rollout = registry.get(Kind.ROLLOUT_BACKEND, config.rollout.backend, key_path="rollout.backend")(
-        config=config, trainer=training
-    )
-    engine = RolloutEngine(rollout, registry, simulator, config)
-    return Components(config, plugins, simulator, training, rollout, engine)
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
 
 
 class Trainer:
@@ -401,25 +349,6 @@ class Trainer:
         }
 
 
-def apply_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """A copy of ``config`` with dotted keys changed (``{"actor.lr": 5e-7}``), re-validated.
-
-    A string ``"*F"`` multiplies the current number by F (the guard's default ``actor.lr: "*0.5"``).
-    """
-    from userrl_core.config import validate_config
-
-    data = config.model_dump(mode="python")
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise UserError(f"guard change names unknown key {dotted!r}")
-        node[leaf] = node[leaf] * float(value[1:]) if isinstance(value, str) and value.startswith("*") else value
-    return validate_config(data, source="guard changes")
-
-
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else 0.0
 
@@ -455,7 +384,7 @@ def run_training(config: RunConfig, *, recipe_path: str | None = None, resume: b
 def _start_simulator_server(config: RunConfig, folder: Path, stack: contextlib.ExitStack) -> RunConfig:
     """Start the recipe's simulator server (stopped when the run ends, however it ends) and
     route the simulator to it."""
-    from userrl_core.simulator_server import ManagedSimulatorServer, routed_simulator_config
+    from userrl_core.training.simulator_server import ManagedSimulatorServer, routed_simulator_config
 
     server = ManagedSimulatorServer(config.simulator_server, log_path=folder / "simulator_server.log")
     stack.callback(server.stop)
@@ -505,7 +434,7 @@ def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
             log.warning("closing the simulator failed: %s", exc)
         if trainer.config.trainer.report:
             try:
-                from userrl_core.report import write_report
+                from userrl_core.training.report import write_report
 
                 path = write_report(trainer.run_dir)
                 summary["report"] = str(path)

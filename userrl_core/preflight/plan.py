@@ -5,27 +5,26 @@ Three parts:
 
 - **devices**: where training runs, how many GPUs the recipe asks for and how many this
   machine has;
-- **batch geometry**: tasks and episodes per step, steps per epoch (with ``drop_last``), total
-  steps, PPO mini-batches and gradient accumulation, computed the way verl does it
-  (``ppo_mini_batch_size`` counts tasks and is multiplied by ``rollout.n``, then split over the
-  data-parallel ranks);
+- **batch geometry**: tasks and episodes per step, steps per epoch, total steps, PPO
+  mini-batches and gradient accumulation (``userrl_core.training.geometry``, the same numbers
+  the trainer runs with);
 - **plugins**: the plugin, distribution and version each name in the recipe resolves to.
 
 The per-GPU memory estimate has its own slot (:attr:`ExecutionPlan.memory`), filled by
-``userrl_core.memory_estimate`` when that module is present.
+``userrl_core.preflight.memory_estimate`` when that module is present.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from userrl_core.config.compose import plugin_references
 from userrl_core.config.schema import RunConfig
-from userrl_core.requirements_check import find_missing
-from userrl_core.memory_estimate import estimate_for_config, format_estimate
+from userrl_core.preflight.memory_estimate import estimate_for_config, format_estimate
+from userrl_core.preflight.requirements_check import find_missing
+from userrl_core.training.geometry import BatchGeometry, plan_geometry
 
 
 @dataclass
@@ -36,23 +35,6 @@ class DevicePlan:
     gpus_available: int
     gpu_names: list[str] = field(default_factory=list)
     gpu_ids: list[int] | None = None
-
-
-@dataclass
-class BatchGeometry:
-    train_tasks: int | None  # after data.train_max_tasks; None when the files were not read
-    tasks_per_step: int
-    samples_per_task: int
-    episodes_per_step: int
-    steps_per_epoch: int | None
-    total_epochs: int
-    total_steps: int | None
-    data_parallel_size: int
-    mini_batch_tasks: int
-    mini_batch_episodes: int
-    optimizer_steps_per_step: int
-    micro_batch_per_gpu: int
-    grad_accumulation: int
 
 
 @dataclass
@@ -75,7 +57,7 @@ class ExecutionPlan:
     simulator_key_env: str | None
     simulator_key_set: bool | None
     warnings: list[str] = field(default_factory=list)
-    # Per-GPU memory estimate as a text block: the slot for userrl_core.memory_estimate
+    # Per-GPU memory estimate as a text block: the slot for userrl_core.preflight.memory_estimate
     # (build_plan fills it; format_plan prints it under "memory per GPU").
     memory: str | None = None
 
@@ -101,62 +83,6 @@ def plan_devices(config: RunConfig) -> DevicePlan:
         gpu_names=names,
         gpu_ids=config.trainer.gpu_ids,
     )
-
-
-def plan_geometry(config: RunConfig, num_train_tasks: int | None) -> tuple[BatchGeometry, list[str]]:
-    """Batch geometry as verl computes it, plus warnings for shapes that do not divide."""
-    warnings: list[str] = []
-    data, rollout, actor, trainer = config.data, config.rollout, config.actor, config.trainer
-    if num_train_tasks is not None and data.train_max_tasks is not None:
-        num_train_tasks = min(num_train_tasks, data.train_max_tasks)
-    tasks = data.train_batch_size
-    steps_per_epoch = None
-    total_steps = trainer.total_training_steps
-    if num_train_tasks is not None:
-        steps_per_epoch = num_train_tasks // tasks if data.drop_last else math.ceil(num_train_tasks / tasks)
-        if steps_per_epoch == 0:
-            warnings.append(
-                f"data.train_batch_size ({tasks}) is larger than the {num_train_tasks} train tasks: "
-                "with data.drop_last no step would run"
-            )
-        if total_steps is None:  # as in verl, trainer.total_training_steps overrides the epochs
-            total_steps = steps_per_epoch * trainer.total_epochs
-
-    world = max(trainer.n_gpus_per_node * trainer.nnodes, 1)
-    mini_tasks = actor.ppo_mini_batch_size
-    mini_episodes = mini_tasks * rollout.n
-    if tasks % mini_tasks:
-        warnings.append(
-            f"data.train_batch_size ({tasks}) is not a multiple of actor.ppo_mini_batch_size ({mini_tasks}): "
-            "the last mini-batch of each step is smaller"
-        )
-    per_rank = mini_episodes // world
-    if mini_episodes % world or per_rank == 0:
-        warnings.append(
-            f"a mini-batch of {mini_episodes} episodes does not split evenly over {world} data-parallel ranks"
-        )
-    micro = actor.ppo_micro_batch_size_per_gpu
-    if per_rank and per_rank % micro:
-        warnings.append(
-            f"{per_rank} episodes per rank per mini-batch is not a multiple of "
-            f"actor.ppo_micro_batch_size_per_gpu ({micro})"
-        )
-    geometry = BatchGeometry(
-        train_tasks=num_train_tasks,
-        tasks_per_step=tasks,
-        samples_per_task=rollout.n,
-        episodes_per_step=tasks * rollout.n,
-        steps_per_epoch=steps_per_epoch,
-        total_epochs=trainer.total_epochs,
-        total_steps=total_steps,
-        data_parallel_size=world,
-        mini_batch_tasks=mini_tasks,
-        mini_batch_episodes=mini_episodes,
-        optimizer_steps_per_step=math.ceil(tasks / mini_tasks) * actor.ppo_epochs,
-        micro_batch_per_gpu=micro,
-        grad_accumulation=max(math.ceil(per_rank / micro), 1),
-    )
-    return geometry, warnings
 
 
 def plan_plugins(config: RunConfig, manager: Any) -> list[PluginUse]:
