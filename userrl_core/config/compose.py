@@ -62,7 +62,9 @@ def compose_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if not error["loc"]:  # a rule across sections: its message names the keys; the input is the whole recipe
+        return str(error["msg"]).removeprefix("Value error, ")
+    key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":

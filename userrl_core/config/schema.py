@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_GROUP_SIZE = 1024
+"""Samples per task at most (UserRL trains with 8; a typo like rollout.n=1e8 would otherwise
+grow memory until the machine kills the run)."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and NaN are never meaningful settings (actor.lr=inf turned every weight into NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -49,7 +54,7 @@ class DataConfig(Section):
 
 class RolloutConfig(Section):
     backend: str = Field("transformers", description="Rollout backend plugin name ('transformers', 'sglang').")
-    n: int = Field(2, ge=1, description="Samples per task: the GRPO group size.")
+    n: int = Field(2, ge=1, le=MAX_GROUP_SIZE, description="Samples per task: the GRPO group size.")
     max_turns: int = Field(8, ge=1, description="Agent turns per episode at most.")
     max_new_tokens: int = Field(128, ge=1, description="Tokens the policy may generate in one turn.")
     max_episode_tokens: int = Field(
@@ -58,7 +63,7 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature for training rollouts.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling for training rollouts.")
     val_temperature: float = Field(0.0, ge=0.0, description="Temperature at validation (0 = greedy).")
-    val_n: int = Field(1, ge=1, description="Samples per task at validation (mean@n).")
+    val_n: int = Field(1, ge=1, le=MAX_GROUP_SIZE, description="Samples per task at validation (mean@n).")
     action_format: Literal["tool_call", "plain_text"] = Field(
         "tool_call",
         description="'tool_call': Hermes/Qwen3 <tool_call> with interact_with_env; "
@@ -142,6 +147,13 @@ class TrainerConfig(Section):
     total_training_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
     save_freq: int = Field(-1, description="Checkpoint every N steps (-1: only at the end).")
     test_freq: int = Field(-1, description="Validate every N steps (-1: only at the end).")
+
+    @field_validator("save_freq", "test_freq")
+    @classmethod
+    def _every_n_steps_or_at_the_end(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be a positive number of steps, or -1 for only at the end")
+        return value
     val_before_train: bool = Field(True, description="Validate once before the first update.")
     max_ckpt_to_keep: int | None = Field(2, ge=1, description="Keep the last K step checkpoints; the best is kept apart.")
     seed: int = Field(1, description="Seed for data order, sampling and the simulator.")
@@ -395,6 +407,16 @@ class RunConfig(Section):
                     isinstance(node, bool) or not isinstance(node, (int, float))
                 ):
                     raise ValueError(f"guard.rules.{rule_name}.changes: {key!r} is not numeric, cannot scale it")
+        return self
+
+    @model_validator(mode="after")
+    def _one_turn_fits_the_episode_budget(self) -> "RunConfig":
+        rollout = self.rollout
+        if rollout.max_episode_tokens <= rollout.max_new_tokens:
+            raise ValueError(
+                f"rollout.max_episode_tokens ({rollout.max_episode_tokens}) leaves no room for the prompt and one "
+                f"turn of rollout.max_new_tokens ({rollout.max_new_tokens}): every episode would end with 0 turns"
+            )
         return self
 
     @model_validator(mode="after")

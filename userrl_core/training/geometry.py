@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from userrl_core.config.schema import RunConfig
+from userrl_core.errors import ConfigError
 
 
 @dataclass
@@ -44,12 +45,12 @@ def plan_geometry(config: RunConfig, num_train_tasks: int | None) -> tuple[Batch
     steps_per_epoch = None
     total_steps = trainer.total_training_steps
     if num_train_tasks is not None:
-        steps_per_epoch = num_train_tasks // tasks if data.drop_last else math.ceil(num_train_tasks / tasks)
-        if steps_per_epoch == 0:
-            warnings.append(
-                f"data.train_batch_size ({tasks}) is larger than the {num_train_tasks} train tasks: "
-                "with data.drop_last no step would run"
+        if tasks > num_train_tasks:
+            raise ConfigError(
+                f"data.train_batch_size ({tasks}) is larger than the {num_train_tasks} train tasks "
+                f"({', '.join(data.train_files)}): lower it, or add tasks"
             )
+        steps_per_epoch = num_train_tasks // tasks if data.drop_last else math.ceil(num_train_tasks / tasks)
         if total_steps is None:  # as in verl, trainer.total_training_steps overrides the epochs
             total_steps = steps_per_epoch * trainer.total_epochs
 
