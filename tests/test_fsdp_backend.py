@@ -132,3 +132,32 @@ def test_a_failing_rank_call_is_reported_and_stops_the_group(tiny_model_dir):
     import psutil
 
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+def test_process_group_has_gloo_beside_nccl_on_gpus():
+    """Offloaded shards are CPU DTensors: their collectives need a CPU backend beside NCCL (as
+    verl initialises it in verl/workers/fsdp_workers.py). Today's NCCL-only group fails there."""
+    from userrl_plugins.backends.fsdp_backend import process_group_backend
+
+    assert process_group_backend(on_gpu=True) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(on_gpu=False) == "gloo"
+
+
+def test_param_offload_with_active_clipping_matches_single_process(tiny_model_dir):
+    """CPUOffloadPolicy (param_offload) over 2 ranks, with a grad_clip small enough to clip every
+    step: the global norm of the sharded gradients and the clipped update equal one process's.
+    On a GPU the same path runs with CPU-resident shards under NCCL (benchmarks/gpu_smoke.py)."""
+    config = make_config(tiny_model_dir, param_offload=True, grad_clip=1e-3)
+    single = single_process(tiny_model_dir, config)
+    group = LocalRankGroup(config, str(tiny_model_dir), world=2)
+    backend = FSDPTrainingBackend(group, tokenizer=None)
+    try:
+        batch = make_batch(single.model.config.vocab_size, rows=7, seed=3)
+        batch.old_logprobs = single.compute_logprobs(batch)
+        expected = single.update(batch)
+        got = backend.update(batch)
+        assert expected["actor/grad_norm"] > 1e-2  # far above grad_clip: the clip is active
+        assert got["actor/grad_norm"] == pytest.approx(expected["actor/grad_norm"], rel=1e-4)
+        assert max_diff(backend.full_state_dict(), single.model.state_dict()) < ATOL
+    finally:
+        backend.close()

@@ -216,3 +216,55 @@ def test_load_hf_rolls_weights_back_in_place(tiny_model_dir, tmp_path):
     assert [id(p) for p in policy.model.parameters()] == params  # the optimizer still holds them
     for name, tensor in policy.model.state_dict().items():
         assert torch.equal(before[name], tensor), name
+
+
+def bf16_config(model_dir, lr):
+    from userrl_core.config.schema import RunConfig
+
+    return RunConfig.model_validate({
+        "model": {"path": str(model_dir), "dtype": "bfloat16"},
+        "data": {"train_files": ["unused.parquet"], "train_batch_size": 2},
+        "rollout": {"n": 2},
+        "actor": {"lr": lr, "ppo_mini_batch_size": 2, "ppo_micro_batch_size_per_gpu": 2, "weight_decay": 0.0},
+        "trainer": {"device": "cpu"},
+    })
+
+
+def test_bf16_recipe_keeps_fp32_master_weights_so_a_step_at_lr_1e6_changes_them(tiny_model_dir):
+    """model.dtype: bfloat16 at lr 1e-6: an AdamW step (about 1e-6 per element) is far below bf16's
+    resolution for the tiny model's weights (std 0.5): updating bf16 weights directly leaves them
+    unchanged. With fp32 master weights most of them move, and compute still runs in bf16."""
+    policy = TorchPolicy.from_config(bf16_config(tiny_model_dir, lr=1e-6))
+    assert {p.dtype for p in policy.model.parameters()} == {torch.float32}
+    assert policy.compute_dtype == torch.bfloat16
+    batch = make_batch()
+    batch.old_logprobs = policy.compute_logprobs(batch)
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    policy.update(batch)
+    changed = sum(int((p.detach() != before[n]).sum()) for n, p in policy.model.named_parameters())
+    total = sum(p.numel() for p in before.values())
+    assert changed / total > 0.5
+    ids = batch.input_ids[:1]
+    with policy.autocast():
+        logits = policy.model(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16  # the forward computes in bf16
+
+
+def test_bf16_master_weights_are_saved_in_the_recipe_dtype(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    policy = TorchPolicy.from_config(bf16_config(tiny_model_dir, lr=1e-6))
+    policy.save_hf(tmp_path / "hf")
+    with safe_open(str(next((tmp_path / "hf").glob("*.safetensors"))), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}
+    assert next(policy.model.parameters()).dtype == torch.float32  # the master copy stays fp32
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype="auto")
+    assert reloaded.dtype == torch.bfloat16  # config.json names the saved dtype
+
+
+def test_16_bit_trainable_weights_are_refused_with_a_clear_message(tiny_model_dir):
+    model = load_causal_lm(tiny_model_dir, dtype="bfloat16", device=CPU)
+    with pytest.raises(ConfigError, match="master"):
+        TorchPolicy(model=model, tokenizer=load_tokenizer(tiny_model_dir), actor=ActorConfig(), rollout_n=2,
+                    total_steps=10)

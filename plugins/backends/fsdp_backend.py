@@ -13,7 +13,8 @@ module adds what sharding needs:
 - equal collective counts: every rank runs the same number of micro-batches (a rank with
   fewer rows runs a zero-weight micro-batch), because each forward all-gathers and each
   backward reduce-scatters;
-- all-reduced loss statistics and a global gradient norm (``DTensor.full_tensor``);
+- all-reduced loss statistics and a global gradient norm that works on CPU-offloaded shards
+  (:func:`clip_sharded_grad_norm_`); on GPUs a process group with gloo beside NCCL;
 - bf16 compute with fp32 gradient reduction on GPU (fp32 everywhere on CPU), parameter
   offload (``CPUOffloadPolicy``), optimizer-state offload between updates, activation offload
   (``torch.autograd.graph.save_on_cpu``) and gradient checkpointing;
@@ -76,10 +77,80 @@ def shard_model(model: torch.nn.Module, *, mesh: Any, on_gpu: bool, param_offloa
         module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
 
 
-def _full(value: Any) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
+def process_group_backend(on_gpu: bool) -> str:
+    """The ``init_process_group`` backend string for one rank.
 
-    return value.full_tensor() if isinstance(value, DTensor) else value
+    On GPUs the group gets two backends, gloo for CPU tensors and NCCL for CUDA tensors (as verl
+    does in ``verl/workers/fsdp_workers.py``): with ``param_offload`` the sharded parameters and
+    gradients are CPU DTensors (``CPUOffloadPolicy``), and their collectives (the full state
+    dict's gather, ``all_gather_object`` of CPU objects) cannot run on NCCL, which only takes
+    CUDA tensors. On the CPU, gloo alone.
+    """
+    return "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
+
+
+def join_process_group(device_setting: str) -> tuple[torch.device, Any]:
+    """Join the default process group (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``
+    and, on GPU, ``LOCAL_RANK`` from the environment) and return this rank's device and the
+    1-D device mesh over all ranks. ``device_setting`` is ``trainer.device``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    on_gpu = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if on_gpu:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(process_group_backend(on_gpu), rank=rank, world_size=world)
+    return device, init_device_mesh(device.type, (world,))
+
+
+def clip_sharded_grad_norm_(parameters: list[torch.nn.Parameter], max_norm: float,
+                            reduce_device: torch.device) -> float:
+    """Clip the gradients of FSDP2-sharded parameters to a global L2 norm; return that norm.
+
+    ``torch.nn.utils.clip_grad_norm_`` computes the norm of DTensor gradients as a DTensor
+    whose reduction runs on the gradients' own device; with ``CPUOffloadPolicy`` those are CPU
+    tensors on a mesh whose collectives are NCCL (verl works around it with its own
+    ``fsdp2_clip_grad_norm_`` in ``verl/utils/fsdp_utils.py``). Here each rank sums the squares
+    of its local shards on whatever device they live, the sums are all-reduced as one float64
+    scalar on ``reduce_device`` (the rank's CUDA device, or the CPU under gloo), and every local
+    shard is scaled in place. Gradients that are not sharded (replicated on every rank) are
+    counted once. A non-finite norm is returned without touching the gradients.
+    """
+    from torch.distributed.tensor import DTensor, Replicate
+
+    squares = torch.zeros((), dtype=torch.float64, device=reduce_device)
+    locals_by_device: dict[torch.device, list[torch.Tensor]] = {}
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    for param in parameters:
+        grad = param.grad
+        if grad is None:
+            continue
+        if isinstance(grad, DTensor):
+            local = grad.to_local()
+            replicas = 1
+            for size, placement in zip(grad.device_mesh.shape, grad.placements):
+                if isinstance(placement, Replicate):
+                    replicas *= size
+        else:
+            local, replicas = grad, world
+        if local.numel():
+            norm = torch.linalg.vector_norm(local, dtype=torch.float32).to(reduce_device, torch.float64)
+            squares += norm * norm / replicas
+        locals_by_device.setdefault(local.device, []).append(local)
+    if world > 1:
+        dist.all_reduce(squares)
+    total = float(squares.sqrt())
+    if not math.isfinite(total):
+        return total
+    coefficient = max_norm / (total + 1e-6)
+    if coefficient < 1.0:
+        for tensors in locals_by_device.values():
+            torch._foreach_mul_(tensors, coefficient)
+    return total
 
 
 class FSDPPolicy(TorchPolicy):
@@ -163,7 +234,7 @@ class FSDPPolicy(TorchPolicy):
 
     def _optimizer_step(self) -> float | None:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.actor.grad_clip)))
+        norm = clip_sharded_grad_norm_(params, self.actor.grad_clip, self.device)
         if not math.isfinite(norm):
             log.warning("non-finite gradient norm (%s): optimizer step skipped", norm)
             self.optimizer.zero_grad(set_to_none=True)
@@ -268,18 +339,8 @@ class FSDPWorker:
     ``MASTER_PORT`` (and ``LOCAL_RANK`` on GPU) from its environment."""
 
     def __init__(self, config: Any, model_dir: str, total_steps: int | None = None) -> None:
-        from torch.distributed.device_mesh import init_device_mesh
-
-        on_gpu = config.trainer.device == "cuda" or (config.trainer.device == "auto" and torch.cuda.is_available())
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        if on_gpu:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if on_gpu else "gloo", rank=rank, world_size=world)
-        mesh = init_device_mesh(device.type, (world,))
+        device, mesh = join_process_group(config.trainer.device)
+        on_gpu = device.type == "cuda"
         torch.manual_seed(config.trainer.seed)
         model = load_causal_lm(model_dir, dtype="float32", device=torch.device("cpu"),
                                trust_remote_code=config.model.trust_remote_code)
@@ -406,4 +467,5 @@ class FSDPTrainingBackend:
             self.group.shutdown()
 
 
-__all__ = ["FSDPPolicy", "FSDPWorker", "FSDPTrainingBackend", "decoder_layers", "shard_model"]
+__all__ = ["FSDPPolicy", "FSDPWorker", "FSDPTrainingBackend", "clip_sharded_grad_norm_", "decoder_layers",
+           "join_process_group", "process_group_backend", "shard_model"]

@@ -7,6 +7,13 @@ backend reuses its loss code. One training step, as the trainer drives it::
     batch.ref_logprobs = policy.compute_logprobs(batch, reference=True)    # only with use_kl_loss
     metrics = policy.update(batch)
 
+Precision: the trainable weights are always fp32 (they are AdamW's master weights). A 16-bit
+``model.dtype`` is the *compute* dtype: forwards run under ``torch.autocast``. Updating 16-bit
+weights directly would lose most small steps: at lr 1e-6 an AdamW step (about ``lr`` per
+element) is below bf16's resolution (8 bits of mantissa, a relative step of 2^-8) for any weight
+larger than about 3e-4, so the weights would not move. ``float16`` compute is refused (it would
+need loss scaling, which this policy does not do); ``bfloat16`` is the 16-bit choice.
+
 ``update`` runs ``actor.ppo_epochs`` passes over the batch. Each pass splits it, in order, into
 mini-batches of ``actor.ppo_mini_batch_size`` tasks (their ``rollout.n`` episodes each); one
 mini-batch is one optimizer step. A mini-batch is processed in micro-batches of
@@ -27,6 +34,7 @@ per ``update`` call (one training step), as in verl.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -67,6 +75,25 @@ def load_causal_lm(path: str | Path, *, dtype: str, device: torch.device, trust_
     return model.to(device)
 
 
+def load_trainable_lm(path: str | Path, *, dtype: str, device: torch.device,
+                      trust_remote_code: bool = False) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """The model with fp32 master weights on ``device``, and the compute dtype ``model.dtype``
+    asks for (``None`` for fp32). ``auto`` takes the checkpoint's dtype as the compute dtype."""
+    model = load_causal_lm(path, dtype=dtype, device=torch.device("cpu"), trust_remote_code=trust_remote_code)
+    loaded = next(model.parameters()).dtype
+    compute = loaded if loaded in (torch.bfloat16, torch.float16) else None
+    if compute is not None:
+        model = model.float()
+    return model.to(device), compute
+
+
+def compute_autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op for fp32 / ``None``."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def load_tokenizer(path: str | Path, *, chat_template: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -91,7 +118,21 @@ class TorchPolicy:
         total_steps: int | None,
         micro_batch_size: int | None = None,
         temperature: float = 1.0,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
+        low_precision = sorted({str(p.dtype) for p in model.parameters()
+                                if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)})
+        if low_precision:
+            raise ConfigError(
+                f"the policy's trainable weights are {', '.join(low_precision)}: AdamW steps at a small lr fall "
+                "below 16-bit resolution and the weights would not change. Load the model in float32 (master "
+                "weights) and pass compute_dtype=torch.bfloat16 for bf16 compute; model.dtype: bfloat16 in a "
+                "recipe does exactly that"
+            )
+        if compute_dtype == torch.float16:
+            raise ConfigError("model.dtype: float16 training needs loss scaling, which this backend does not do; "
+                              "use bfloat16 (or float32)")
+        self.compute_dtype = compute_dtype if compute_dtype not in (None, torch.float32) else None
         self.model = model
         # Log-probs are taken under the distribution the rollout sampled from (logits / T), so the
         # PPO ratio compares like with like; greedy (T = 0) validation never trains.
@@ -136,9 +177,8 @@ class TorchPolicy:
         model_dir = resolve_model_path(config.model.path)
         tokenizer_dir = resolve_model_path(config.model.tokenizer_path) if config.model.tokenizer_path else model_dir
         device = resolve_device(config.trainer.device, config.trainer.gpu_ids)
-        model = load_causal_lm(
-            model_dir, dtype=config.model.dtype, device=device, trust_remote_code=config.model.trust_remote_code
-        )
+        model, compute_dtype = load_trainable_lm(model_dir, dtype=config.model.dtype, device=device,
+                                                 trust_remote_code=config.model.trust_remote_code)
         tokenizer = load_tokenizer(
             tokenizer_dir, chat_template=config.model.chat_template, trust_remote_code=config.model.trust_remote_code
         )
@@ -149,6 +189,7 @@ class TorchPolicy:
             rollout_n=config.rollout.n,
             total_steps=total_steps or config.trainer.total_training_steps,
             temperature=config.rollout.temperature,
+            compute_dtype=compute_dtype,
         )
 
     # ------------------------------------------------------------------ switches
@@ -198,8 +239,14 @@ class TorchPolicy:
 
     # ------------------------------------------------------------------ log-probs
 
+    def autocast(self) -> Any:
+        """The compute-dtype context of forwards (a no-op in fp32)."""
+        return compute_autocast(self.device, self.compute_dtype)
+
     def _forward(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        with self.autocast():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = logits.float()
         return logits if self.temperature == 1.0 else logits / self.temperature
 
     def _aligned_logprobs(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -367,7 +414,12 @@ class TorchPolicy:
         vLLM and SGLang."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        if self.compute_dtype is None:
+            self.model.save_pretrained(str(path))
+        else:  # the fp32 master weights, written in the compute dtype (what model.dtype asked for)
+            state = {k: v.detach().to(self.compute_dtype) for k, v in self.model.state_dict().items()}
+            self.model.save_pretrained(str(path), state_dict=state)
+            _set_saved_dtype(path / "config.json", self.compute_dtype)
         self.tokenizer.save_pretrained(str(path))
 
     def load_hf(self, path: str | Path) -> None:
@@ -394,6 +446,19 @@ class TorchPolicy:
     def load_state(self, path: str | Path) -> None:
         state = torch.load(Path(path) / POLICY_STATE_FILE, map_location=self.device, weights_only=False)
         self.load_state_dict(state)
+
+
+def _set_saved_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """Name ``dtype`` in a saved config.json (``save_pretrained`` writes the in-memory model's
+    dtype, fp32 for master weights), so ``dtype="auto"`` loaders get what the file holds."""
+    import json
+
+    config = json.loads(config_file.read_text())
+    name = str(dtype).removeprefix("torch.")
+    keys = [key for key in ("dtype", "torch_dtype") if key in config] or ["dtype"]
+    for key in keys:
+        config[key] = name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------- batch helpers

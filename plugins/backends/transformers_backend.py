@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 class TransformersRollout:
     """A :class:`~userrl_core.types.RolloutBackend` around one HF causal LM."""
 
-    def __init__(self, *, model: torch.nn.Module, tokenizer: Any, generation_batch_size: int | None = None) -> None:
+    def __init__(self, *, model: torch.nn.Module, tokenizer: Any, generation_batch_size: int | None = None,
+                 compute_dtype: torch.dtype | None = None) -> None:
         self.model = model
+        # a training policy's fp32 master weights generate under its bf16 autocast
+        self.compute_dtype = compute_dtype
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.device = next(model.parameters()).device
@@ -73,10 +76,12 @@ class TransformersRollout:
         input_ids, attention_mask = left_pad(prompts, self.pad_token_id, self.device)
         greedy = not request.do_sample or request.temperature == 0
         sampling = {} if greedy else {"temperature": request.temperature, "top_p": request.top_p, "top_k": 0}
+        from userrl_plugins.backends.torch_policy import compute_autocast
+
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), compute_autocast(self.device, self.compute_dtype):
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,

@@ -26,8 +26,10 @@ def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> 
     from userrl_plugins.backends.torch_policy import load_causal_lm, load_tokenizer, resolve_device
     from userrl_plugins.backends.transformers_backend import TransformersRollout
 
+    compute_dtype = None
     if trainer is not None and getattr(trainer, "model", None) is not None:
         model, tokenizer = trainer.model, trainer.tokenizer
+        compute_dtype = getattr(trainer, "compute_dtype", None)
     else:
         from userrl_core.models import resolve_model_path
 
@@ -43,7 +45,8 @@ def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> 
             tokenizer_dir, chat_template=config.model.chat_template, trust_remote_code=config.model.trust_remote_code
         )
     return TransformersRollout(
-        model=model, tokenizer=tokenizer, generation_batch_size=config.rollout.generation_batch_size
+        model=model, tokenizer=tokenizer, generation_batch_size=config.rollout.generation_batch_size,
+        compute_dtype=compute_dtype,
     )
 
 
