@@ -10,6 +10,7 @@ chat model would send back (UserRL's gyms read ``choices[0].message.content`` th
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from userrl_core.config.schema import SimulatorConfig
 from userrl_core.data import load_tasks
 from userrl_core.errors import ConfigError, DataError
 from userrl_core.plugins import get_plugin_manager
+from userrl_core.registry import Kind, Registry
 from userrl_core.strict_reply import ReplyFormatError, parse_choice, parse_grade
 from userrl_core.types import Action, StepStatus, Task
 from userrl_plugins.simulators.litellm_simulator import build_litellm_simulator
@@ -265,6 +267,23 @@ def test_shipped_userrl_splits_load_unchanged_and_every_row_resolves(gym, env_na
         assert first.prompt[0]["role"] == "system" and "interact_with_env" in first.prompt[0]["content"]
 
 
+@pytest.mark.parametrize("split,expected", [
+    ("alltest", {"TelepathyGym": 41, "TurtleGym": 48}), ("alltrain", {"TurtleGym": 423}),
+])
+def test_userrl_mixed_files_load_our_rows_unchanged(split, expected):
+    # UserRL's own mixed sets: the other gyms' columns are null in these rows (the file has the
+    # union of every gym's create_kwargs); each row still resolves to its entity or story.
+    registry = Registry()  # only these two gyms: every other row is skipped with a count
+    registry.add(Kind.ENVIRONMENT, "TelepathyGym", telepathy, plugin="telepathygym")
+    registry.add(Kind.ENVIRONMENT, "TurtleGym", turtle, plugin="turtlegym")
+    tasks = load_tasks(DATA / "mix" / f"{split}.parquet", registry)
+    assert tasks.counts() == expected
+    assert sum(s.count for s in tasks.skipped) + len(tasks) == {"alltest": 597, "alltrain": 2426}[split]
+    mine = [t for t in tasks.tasks if t.env_name in expected]
+    assert all(t.id == t.payload["title"] and "id" not in t.payload for t in mine)
+    assert {t.data_source for t in mine} == {f"interact_{name.lower()}" for name in expected}
+
+
 def test_the_notice_sits_beside_the_shipped_data():
     notice = (DATA / "NOTICE.md").read_text()
     assert "Apache" in notice and "SalesforceAIResearch/UserRL" in notice
@@ -284,3 +303,25 @@ def test_bad_settings_name_the_key():
         turtle(task=NAILS, simulator=object(), settings={"grading": "vibes"}, seed=0)
     with pytest.raises(ConfigError, match=r"env\.TelepathyGym\.entity_file: .*not readable"):
         telepathy(task=KIWI, simulator=object(), settings={"entity_file": "/nonexistent.json"}, seed=0)
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+def test_both_gyms_are_listed_and_play_by_hand_through_userrl_simulate(srv):
+    from fixtures.distributions import cli
+
+    listing = json.loads(cli("plugins", "list", "--json").stdout)["plugins"]
+    registers = {p["name"]: p.get("registers") for p in listing}
+    assert registers["telepathygym"] == {"environment": ["TelepathyGym"]}
+    assert registers["turtlegym"] == {"environment": ["TurtleGym"]}
+
+    srv.script(reply("Yes"), reply('{"scores": [1, 1, 0.5, 0]}'))
+    result = cli("simulate", "TurtleGym", "--recipe", "recipes/quickstart.yaml", "--simulator", "litellm",
+                 "simulator.model=openai/test-model", f"simulator.api_base={srv.base_url}",
+                 stdin="Did someone die?\n/answer He strangled her and staged a hanging.\n", timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "task The Broken Nails (TurtleGym, interact_turtlegym)" in out
+    assert "turn 1: action 'Did someone die?'\n  reply: Yes\nReward: 0.0\n  reward: 0.0  done: False" in out
+    assert "  reward: 0.65  done: False" in out  # 0.2 + 0.3 + 0.5 x 0.3

@@ -67,7 +67,7 @@ def test_one_episode_of_each_gym_runs_through_the_engine_with_the_embedded_simul
                  "max_episode_tokens": 4096},
         env={"TurtleGym": {"grading": "per_criterion", "reply_retries": 1}, "TelepathyGym": {"reply_retries": 1}},
     )
-    simulator = HFSimulator(SimulatorConfig(name="hf", model=str(smol_model_dir), max_tokens=4))
+    simulator = HFSimulator(SimulatorConfig(name="hf", model=str(smol_model_dir), max_tokens=8))
     engine = RolloutEngine(ScriptedPolicy(smol_tokenizer), registry, simulator, config)
     result = asyncio.run(engine.run(telepathy + turtle, seed=3))
 

@@ -11,10 +11,9 @@ from userrl_core.types import Message
 from .entities import Entity
 
 USER_SYSTEM = (
-    "You are playing a guessing game. You are thinking of this entity:\n{entity}\n\n"
-    "The player asks yes/no questions to find out what it is. Answer each question truthfully about "
-    "the entity: Yes if it is true, No if it is false, Maybe only if it cannot be decided.\n"
-    "Reply with exactly one word: Yes, No or Maybe."
+    "You are thinking of this entity: {entity}\n"
+    "The player asks yes/no questions about it. Answer truthfully: Yes if it is true of the entity, No if "
+    "it is false, Maybe only if it cannot be decided. Reply with exactly one word: Yes, No or Maybe."
 )
 
 GRADER_SYSTEM = (
