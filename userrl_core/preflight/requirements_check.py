@@ -20,9 +20,10 @@ from userrl_core.errors import MissingRequirementError
 
 PROC_GPUS = Path("/proc/driver/nvidia/gpus")
 
-# Rollout/training backend name -> (module that must import, install hint)
-BACKEND_EXTRAS: dict[str, tuple[str, str]] = {
-    "sglang": ("sglang", "pip install 'userrl[sglang]' (needs a CUDA machine)"),
+# Rollout/training backend name -> (modules that must import, install hint). sglang releases
+# and resumes the engine's memory through torch_memory_saver, which sglang does not require.
+BACKEND_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "sglang": (("sglang", "torch_memory_saver"), "pip install 'userrl[sglang]' (needs a CUDA machine)"),
 }
 RAY_EXTRA = ("ray", "pip install 'userrl[ray]'")
 
@@ -120,9 +121,11 @@ def find_missing(
 
     for key, backend in (("rollout.backend", config.rollout.backend), ("actor.backend", config.actor.backend)):
         if backend in BACKEND_EXTRAS:
-            module, hint = BACKEND_EXTRAS[backend]
-            if not _safe_available(module_available, module):
-                missing.append(Missing(key, f"backend {backend!r} needs the Python module {module!r}", hint))
+            modules, hint = BACKEND_EXTRAS[backend]
+            absent = [m for m in modules if not _safe_available(module_available, m)]
+            if absent:
+                names = ", ".join(repr(m) for m in absent)
+                missing.append(Missing(key, f"backend {backend!r} needs the Python module(s) {names}", hint))
     if config.actor.backend == "fsdp" and needed and not _safe_available(module_available, RAY_EXTRA[0]):
         missing.append(Missing("actor.backend", "the fsdp backend places GPU ranks with Ray", RAY_EXTRA[1]))
 
