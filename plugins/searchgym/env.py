@@ -201,8 +201,14 @@ class SearchGymFactory:
                             search=build_backend(cfg.search, f"{SETTINGS_KEY}.search"), settings=cfg)
 
     def validate_task(self, task: Task, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Check one row; with a run's settings (``settings`` given) also that the search key is set.
+
+        Rows read without a run configuration (``settings`` is None: listing or checking a file)
+        need no key: nothing will search.
+        """
         cfg = parse_settings(settings)
-        build_backend(cfg.search, f"{SETTINGS_KEY}.search")
+        if settings is not None:
+            build_backend(cfg.search, f"{SETTINGS_KEY}.search")
         _question(task, cfg)
 
 
