@@ -193,8 +193,13 @@ def memory_figures(device: torch.device) -> dict[str, float]:
         import resource
 
         return {"cpu_max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    free, total = torch.cuda.mem_get_info(device)
+    # what the device holds beyond PyTorch's reserve: this process's CUDA context, NCCL and cuBLAS
+    # buffers (and any other process on the GPU)
+    outside = (total - free - torch.cuda.memory_reserved(device)) / GB
     return {"max_memory_allocated_gib": round(torch.cuda.max_memory_allocated(device) / GB, 2),
-            "max_memory_reserved_gib": round(torch.cuda.max_memory_reserved(device) / GB, 2)}
+            "max_memory_reserved_gib": round(torch.cuda.max_memory_reserved(device) / GB, 2),
+            "device_used_outside_allocator_gib": round(outside, 2)}
 
 
 def reset_memory(device: torch.device) -> None:
@@ -439,8 +444,8 @@ def transformers_phase(ctx: dict[str, Any]) -> dict[str, Any]:
 def estimate_for(ctx: dict[str, Any], *, offload: bool) -> dict[str, Any]:
     args, device = ctx["args"], ctx["device"]
     gpu_gib = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else 80.0
-    geometry = Geometry(num_gpus=1, micro_batch=args.micro, seq_len=args.seq,
-                        compute_bytes=2, gradient_checkpointing=offload, gpu_memory_gb=gpu_gib)
+    geometry = Geometry(num_gpus=1, micro_batch=args.micro, seq_len=args.seq, compute_bytes=2,
+                        gradient_checkpointing=offload, gpu_memory_gb=gpu_gib, on_gpu=device.type == "cuda")
     result = estimate(ctx["shape"], geometry, param_offload=offload, optimizer_offload=offload,
                       activation_offload=offload, label="offloads on" if offload else "no offload")
     return result.as_dict()

@@ -74,7 +74,32 @@ def test_rollout_engine_is_a_separate_phase():
     geo = Geometry(2, 4, 1024, rollout_mem_fraction=0.6, gpu_memory_gb=80)
     est = estimate(shape, geo, param_offload=True, optimizer_offload=True, activation_offload=True)
     assert est.rollout_bytes == pytest.approx(48 * GB)
-    assert est.peak == pytest.approx(max(est.training_peak, 48 * GB))
+    # all state offloaded: nothing of training stays on the GPU while the engine generates
+    assert est.rollout_phase == pytest.approx(48 * GB + est.overhead)
+    assert est.peak == pytest.approx(max(est.training_peak, 48 * GB) + est.overhead)
+
+
+def test_rollout_phase_adds_the_engine_to_resident_state_contexts_and_nccl():
+    """SGLang's fraction is of the GPU, on top of what training keeps: non-offloaded parameters
+    and optimizer state (gradients are freed), the CUDA contexts of both processes, NCCL's
+    buffers; and the whole training peak when the allocator cache is not emptied."""
+    shape = KNOWN_SHAPES["Qwen/Qwen3-0.6B"]
+    geo = Geometry(2, 4, 4096, rollout_mem_fraction=0.5, gpu_memory_gb=80)
+    est = estimate(shape, geo, param_offload=False, optimizer_offload=False, activation_offload=False)
+    assert set(est.outside_allocator) == {"CUDA context (training rank)", "CUDA context (SGLang engine process)",
+                                          "NCCL buffers"}
+    resident = est.components["parameters"] + est.components["optimizer state"]
+    assert est.rollout_phase == pytest.approx(resident + 40 * GB + est.overhead)
+    kept = estimate(shape, Geometry(2, 4, 4096, rollout_mem_fraction=0.5, gpu_memory_gb=80,
+                                    training_cache_emptied=False),
+                    param_offload=False, optimizer_offload=False, activation_offload=False)
+    assert kept.rollout_phase == pytest.approx(est.training_peak + 40 * GB + est.overhead)
+    one_gpu_no_engine = estimate(shape, Geometry(1, 4, 4096), param_offload=False, optimizer_offload=False,
+                                 activation_offload=False)
+    assert set(one_gpu_no_engine.outside_allocator) == {"CUDA context (training rank)"}
+    on_cpu = estimate(shape, Geometry(1, 4, 4096, on_gpu=False), param_offload=False, optimizer_offload=False,
+                      activation_offload=False)
+    assert on_cpu.outside_allocator == {}
 
 
 @pytest.mark.parametrize("recipe", ["recipes/intention_4b.yaml", "recipes/intention_0.6b_dual_gpu.yaml"])

@@ -110,3 +110,18 @@ def test_every_shipped_recipe_dry_runs(recipe):
 
 def test_recipes_folder_is_not_empty():
     assert any(r.name == "quickstart.yaml" for r in RECIPES)
+
+
+def test_4b_recipe_takes_the_seed_runs_460_steps_over_its_380_training_tasks():
+    """UserRL's 4B run: 460 steps over about 19-20 epochs of 380 tasks, i.e. 16 tasks a step."""
+    import pyarrow.parquet as pq
+
+    from userrl_core.config.compose import load_recipe
+    from userrl_core.training.geometry import plan_geometry
+
+    config = load_recipe(str(REPO_ROOT / "recipes" / "intention_4b.yaml"))
+    tasks = pq.read_metadata(str(REPO_ROOT / config.data.train_files[0])).num_rows
+    geometry, warnings = plan_geometry(config, tasks)
+    assert tasks == 380
+    assert (geometry.tasks_per_step, geometry.steps_per_epoch, geometry.total_steps) == (16, 23, 460)
+    assert warnings == []

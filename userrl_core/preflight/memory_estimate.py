@@ -20,9 +20,20 @@ What is counted, per training GPU (``N`` = training GPUs, ``P`` = parameters):
   gradient (4 bytes), ``10·s·V`` bytes per sequence, are counted apart because for a 150k
   vocabulary they are the largest single item; ``s`` is the longest episode
   (``rollout.max_episode_tokens``), so this is the worst case of a micro-batch;
-- rollout engine: a colocated SGLang engine reserves ``mem_fraction × GPU memory`` while it
-  generates and releases it during training (the hybrid engine); the peak is the larger of
-  the two phases.
+- outside PyTorch's allocator (estimated, not in ``max_memory_allocated``): the CUDA context of
+  each process on the GPU (the training rank, and a colocated SGLang engine's scheduler
+  process), about 0.5 GiB each, and NCCL's communicator buffers when there are several
+  training GPUs, about 0.25 GiB;
+- rollout phase (a colocated SGLang engine, the hybrid engine): the engine's static memory
+  (weights and KV pool) is ``mem_fraction`` of the GPU (SGLang sizes it from the free memory
+  it measures when it starts, ``sglang/srt/mem_cache/kv_cache_configurator.py``; on a GPU the
+  training rank has not filled yet that is the whole GPU). It comes on top of what training
+  keeps resident between updates: sharded parameters and optimizer state that are not
+  offloaded (gradients are freed by ``zero_grad(set_to_none=True)``), and, unless the
+  training process empties its allocator cache before the engine resumes (our ``sglang``
+  backend does, ``torch.cuda.empty_cache()``), every block its training phase reserved. The
+  engine's CUDA graphs and decode activations live in the remaining ``1 - mem_fraction`` and
+  are not counted. The peak is the larger of the two phases.
 
 Offloads: ``param_offload`` moves sharded parameters and gradients to the CPU
 (``CPUOffloadPolicy``); ``optimizer_offload`` moves the AdamW state to the CPU;
@@ -119,34 +130,58 @@ def find_model_shape(model_path: str) -> ModelShape | None:
     return None
 
 
+CUDA_CONTEXT_BYTES = 0.5 * GB  # per process on a GPU (estimated: varies with the driver and loaded kernels)
+NCCL_BUFFER_BYTES = 0.25 * GB  # one communicator between the training GPUs (estimated)
+
+
 @dataclass
 class MemoryEstimate:
     """Bytes per training GPU by component, for one offload setting."""
 
     label: str
-    components: dict[str, float]  # name -> bytes on the GPU
+    components: dict[str, float]  # name -> bytes in PyTorch's allocator during training
     cpu_components: dict[str, float] = field(default_factory=dict)  # name -> bytes per rank on the host
-    rollout_bytes: float = 0.0
+    rollout_bytes: float = 0.0  # the colocated engine's static memory (weights + KV pool)
+    outside_allocator: dict[str, float] = field(default_factory=dict)  # CUDA contexts, NCCL buffers
+    training_cache_emptied: bool = True  # the training process frees its cached blocks before rollout
 
     @property
     def training_peak(self) -> float:
+        """What ``torch.cuda.max_memory_allocated`` of a training rank should reach."""
         return sum(self.components.values())
 
     @property
+    def overhead(self) -> float:
+        return sum(self.outside_allocator.values())
+
+    @property
+    def resident_between_updates(self) -> float:
+        """Training memory still held while the engine generates: the sharded parameters and
+        optimizer state that stay on the GPU, or the whole training peak when the allocator's
+        cache is not emptied (its blocks stay reserved)."""
+        if not self.training_cache_emptied:
+            return self.training_peak
+        return self.components.get("parameters", 0.0) + self.components.get("optimizer state", 0.0)
+
+    @property
+    def rollout_phase(self) -> float:
+        return self.resident_between_updates + self.rollout_bytes + self.overhead
+
+    @property
     def peak(self) -> float:
-        """The larger of the training phase and the rollout phase (resident training state
-        plus the engine's reservation)."""
-        resident = self.components.get("parameters", 0.0) + self.components.get("optimizer state", 0.0)
-        resident += self.components.get("gradients", 0.0)
-        return max(self.training_peak, resident + self.rollout_bytes)
+        """The larger of the training phase and the rollout phase, both with the memory outside
+        PyTorch's allocator."""
+        return max(self.training_peak + self.overhead, self.rollout_phase)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "gpu_gib": {k: round(v / GB, 2) for k, v in self.components.items()},
             "cpu_gib_per_rank": {k: round(v / GB, 2) for k, v in self.cpu_components.items()},
+            "outside_allocator_gib": {k: round(v / GB, 2) for k, v in self.outside_allocator.items()},
             "rollout_engine_gib": round(self.rollout_bytes / GB, 2),
             "training_peak_gib": round(self.training_peak / GB, 2),
+            "rollout_phase_gib": round(self.rollout_phase / GB, 2),
             "peak_gib": round(self.peak / GB, 2),
         }
 
@@ -162,6 +197,8 @@ class Geometry:
     gradient_checkpointing: bool = True
     rollout_mem_fraction: float = 0.0  # 0 when the rollout engine is not colocated on the GPU
     gpu_memory_gb: float = 80.0
+    on_gpu: bool = True  # CUDA contexts and NCCL buffers exist only on GPUs
+    training_cache_emptied: bool = True  # the sglang backend calls torch.cuda.empty_cache() before resuming
 
 
 def estimate(
@@ -199,7 +236,15 @@ def estimate(
     gpu["logits, log-softmax and its gradient"] = 10.0 * b * s * shape.vocab_size
 
     rollout = geometry.rollout_mem_fraction * geometry.gpu_memory_gb * GB
-    return MemoryEstimate(label=label, components=gpu, cpu_components=cpu, rollout_bytes=rollout)
+    outside: dict[str, float] = {}
+    if geometry.on_gpu:
+        outside["CUDA context (training rank)"] = CUDA_CONTEXT_BYTES
+        if geometry.rollout_mem_fraction:
+            outside["CUDA context (SGLang engine process)"] = CUDA_CONTEXT_BYTES
+        if n > 1:
+            outside["NCCL buffers"] = NCCL_BUFFER_BYTES
+    return MemoryEstimate(label=label, components=gpu, cpu_components=cpu, rollout_bytes=rollout,
+                          outside_allocator=outside, training_cache_emptied=geometry.training_cache_emptied)
 
 
 def estimate_both(shape: ModelShape, geometry: Geometry, actor: Any) -> list[MemoryEstimate]:
@@ -233,6 +278,7 @@ def geometry_from_config(config: Any) -> Geometry:
         gradient_checkpointing=config.actor.gradient_checkpointing,
         rollout_mem_fraction=config.rollout.gpu_memory_utilization if colocated else 0.0,
         gpu_memory_gb=float(getattr(trainer, "gpu_memory_gb", 80.0)),
+        on_gpu=on_gpu,
     )
 
 
@@ -274,9 +320,16 @@ def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: lis
             else:
                 cells.append(f"{'-':>17}")
         lines.append(f"  {name:<42}" + "".join(cells))
-    lines.append(f"  {'training phase total':<42}" + "".join(f"{e.training_peak / GB:>13.2f} GiB" for e in estimates))
+    lines.append(f"  {'training phase, PyTorch allocator':<42}"
+                 + "".join(f"{e.training_peak / GB:>13.2f} GiB" for e in estimates))
+    lines.append(f"  {'outside the allocator (contexts, NCCL)':<42}"
+                 + "".join(f"{e.overhead / GB:>13.2f} GiB" for e in estimates))
+    lines.append(f"  {'training phase total':<42}"
+                 + "".join(f"{(e.training_peak + e.overhead) / GB:>13.2f} GiB" for e in estimates))
     lines.append(f"  {'rollout engine (released while training)':<42}"
                  + "".join(f"{e.rollout_bytes / GB:>13.2f} GiB" for e in estimates))
+    lines.append(f"  {'rollout phase (+ resident training state)':<42}"
+                 + "".join(f"{e.rollout_phase / GB:>13.2f} GiB" for e in estimates))
     lines.append(f"  {'peak of the two phases':<42}" + "".join(f"{e.peak / GB:>13.2f} GiB" for e in estimates))
     over = [e.label for e in estimates if e.peak > geometry.gpu_memory_gb * GB]
     if over:
