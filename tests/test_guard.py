@@ -193,6 +193,7 @@ def test_collapse_rule_is_silent_until_the_reference_exists(tmp_path):
     [
         ("invalid_action_spike", "rollout/invalid_action_rate", 0.1, 0.8, 0.5),
         ("simulator_failure_spike", "simulator/failure_rate", 0.0, 0.4, 0.3),
+        ("env_error_spike", "rollout/env_error_rate", 0.0, 0.6, 0.3),
         ("grad_norm_vanish", "actor/grad_norm", 0.3, 0.0, 1e-8),
     ],
 )

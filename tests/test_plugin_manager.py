@@ -61,13 +61,89 @@ def test_strict_mode_through_the_cli_exits_2_naming_the_plugin(tmp_path):
     assert len(error_lines) == 1 and "'fixture-broken'" in error_lines[0]
 
 
-def test_two_plugins_registering_the_same_name_is_an_error_naming_both(tmp_path, monkeypatch):
+def test_two_plugins_registering_the_same_name_contest_it_and_only_its_lookup_fails(tmp_path, monkeypatch):
     make_distribution(tmp_path, "userrl-fixture-dup",
                       {"fixture-dup-a": "userrl_fixture_dup_a", "fixture-dup-b": "userrl_fixture_dup_b"})
+    make_distribution(tmp_path / "other", "userrl-fixture-names", {"fixture-names": "userrl_fixture_names"})
+    monkeypatch.syspath_prepend(str(tmp_path / "other"))
+    manager = load(monkeypatch, tmp_path)  # loading does not fail
+    assert manager.plugins["fixture-dup-a"].status == manager.plugins["fixture-dup-b"].status == "ok"
+    assert manager.registry.get(Kind.SIMULATOR, "fixture-sim") is not None
     with pytest.raises(PluginConflictError) as info:
-        load(monkeypatch, tmp_path)
+        manager.registry.get(Kind.ENVIRONMENT, "Twin")
     message = str(info.value)
     assert "'Twin'" in message and "'fixture-dup-a'" in message and "'fixture-dup-b'" in message
+    assert "USERRL_DISABLE_PLUGINS=fixture-dup-b" in message
+
+
+class _Order:
+    """Three in-process plugins showing that pluggy's hookimpl options hold."""
+
+    calls: list[str] = []
+
+
+def _lifecycle_plugin(label: str, **options):
+    from userrl_core import hookimpl
+
+    class Plugin:
+        @hookimpl(**options)
+        def on_run_start(self, run):
+            _Order.calls.append(label)
+
+    Plugin.__name__ = label
+    return Plugin()
+
+
+def test_lifecycle_hooks_keep_pluggy_order_wrappers_and_per_plugin_isolation(monkeypatch):
+    from userrl_core import hookimpl
+
+    monkeypatch.setattr(_Order, "calls", [])
+    manager = PluginManager()
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def on_run_start(self, run):
+            _Order.calls.append("wrap-before")
+            result = yield
+            _Order.calls.append("wrap-after")
+            return result
+
+        @hookimpl
+        def on_step_end(self, run, step, metrics):
+            raise RuntimeError("broken on purpose")
+
+    class Late:
+        @hookimpl(trylast=True)
+        def on_run_start(self, run):
+            _Order.calls.append("late")
+
+        @hookimpl
+        def on_step_end(self, run, step, metrics):
+            _Order.calls.append(f"step {step}")
+
+    manager.add_plugin(Late())
+    manager.add_plugin(_lifecycle_plugin("plain"))
+    manager.add_plugin(_lifecycle_plugin("first", tryfirst=True))
+    manager.add_plugin(Wrapping())
+    assert manager.call_lifecycle("on_run_start", run=None) == []
+    assert _Order.calls == ["first", "plain", "late", "wrap-before", "wrap-after"]
+    errors = manager.call_lifecycle("on_step_end", run=None, step=3, metrics={})
+    assert _Order.calls[-1] == "step 3"  # the broken plugin did not stop the others
+    assert len(errors) == 1 and "'Wrapping' raised in on_step_end: RuntimeError: broken on purpose" in errors[0]
+
+
+def test_an_unmarked_hook_function_is_not_called_and_is_reported():
+    called = []
+
+    class Unmarked:
+        def register_environments(self, register):
+            called.append(True)
+            register("Sneaky", lambda **kwargs: None)
+
+    manager = PluginManager()
+    info = manager.add_plugin(Unmarked())
+    assert called == [] and manager.registry.names(Kind.ENVIRONMENT) == []
+    assert info.warnings == ["register_environments is not marked @hookimpl and is not called"]
 
 
 def test_disabled_plugins_are_listed_but_not_loaded(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from userrl_core.errors import DataError, UnknownNameError, UserError
+from userrl_core.errors import DataError, PluginConflictError, UnknownNameError, UserError
 from userrl_core.registry import Kind, Registry
 from userrl_core.types import Task
 
@@ -280,6 +280,8 @@ def load_tasks(
 
             try:
                 factory = registry.get(Kind.ENVIRONMENT, task.env_name)
+            except PluginConflictError as exc:  # two plugins claim it: which one would run is not ours to guess
+                raise PluginConflictError(f"{where}: env_name: {exc}") from None
             except UnknownNameError as exc:
                 reason = "no installed environment plugin"
                 if task.env_name in installed:  # registered, but its optional dependency is missing

@@ -33,6 +33,11 @@ class PluginConflictError(UserError):
     """Two plugins registered the same name."""
 
 
+class PluginError(UserError):
+    """Third-party plugin code failed where one clear line serves better than a traceback
+    (``userrl simulate`` on an environment that raises)."""
+
+
 class RunStopped(Exception):
     """Raised inside the trainer when a stopper asked the run to end."""
 

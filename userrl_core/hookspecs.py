@@ -8,9 +8,14 @@ docs/plugins.md documents each hook; tests/test_docs.py fails when one is missin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from userrl_core.run import RunHandle
 
 PROJECT = "userrl"
 
@@ -24,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_environments(register: Any) -> None:
+def register_environments(register: Callable[..., None]) -> None:
     """Register environment factories.
 
     Called once per plugin when the plugin manager loads.
@@ -33,14 +38,16 @@ def register_environments(register: Any) -> None:
         ``env_name`` that dataset rows carry (``"IntentionGym"``); ``factory`` is called as
         ``factory(task=Task, simulator=Simulator, settings=dict, seed=int)`` for each episode
         and returns an object with async ``reset()``, async ``step(action)`` and ``metrics()``
-        (see ``userrl_core.types.Environment``). Registering a name another plugin already
-        registered is an error naming both plugins.
+        (see ``userrl_core.types.Environment``; optional factory attributes
+        ``settings_model``, ``needs_simulator``, ``validate_task``, ``default_tasks`` are in
+        ``userrl_core.types.EnvironmentFactory``). A name another plugin also registered is
+        contested: a run that needs it stops with an error naming both plugins.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_simulators(register: Any) -> None:
+def register_simulators(register: Callable[..., None]) -> None:
     """Register user-simulator factories.
 
     Called once per plugin when the plugin manager loads.
@@ -48,29 +55,30 @@ def register_simulators(register: Any) -> None:
     :param register: ``register(name, factory, description="")``. ``name`` is what
         ``simulator.name`` in a recipe refers to (``"litellm"``, ``"local"``); ``factory`` is
         called once per run as ``factory(config=SimulatorConfig)`` and returns a
-        ``userrl_core.types.Simulator``. Duplicate names are an error naming both plugins.
+        ``userrl_core.types.Simulator`` (``name``, async ``complete``, ``stats()``, async
+        ``aclose()``). Duplicate names are contested, as above.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_rewards(register: Any) -> None:
-    """Register reward methods: turn-credit methods, trajectory-score methods and judges.
+def register_rewards(register: Callable[..., None]) -> None:
+    """Register reward methods: turn-credit methods and trajectory-score methods.
 
     Called once per plugin when the plugin manager loads.
 
-    :param register: ``register(kind, name, fn, description="")`` with ``kind`` one of
-        ``"turn_credit"`` (``algorithm.turn_credit``), ``"trajectory_score"``
-        (``algorithm.trajectory_score``) or ``"judge"``. Turn-credit and trajectory-score
+    :param register: ``register(kind, name, fn, description="")`` with ``kind``
+        ``"turn_credit"`` (``algorithm.turn_credit``) or ``"trajectory_score"``
+        (``algorithm.trajectory_score``). Turn-credit and trajectory-score
         functions are pure and vectorised: ``fn(rewards, turn_mask, gamma=..., **kwargs)`` on
         ``[episodes, turns]`` tensors (see ``userrl_core.types.TurnCreditFn``).
-        Duplicate ``(kind, name)`` pairs are an error naming both plugins.
+        Duplicate ``(kind, name)`` pairs are contested, as above.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_backends(register: Any) -> None:
+def register_backends(register: Callable[..., None]) -> None:
     """Register rollout and training backends.
 
     Called once per plugin when the plugin manager loads.
@@ -78,8 +86,9 @@ def register_backends(register: Any) -> None:
     :param register: ``register(kind, name, factory, description="")`` with ``kind``
         ``"rollout"`` (``rollout.backend``) or ``"training"`` (``actor.backend``). ``factory``
         is called as ``factory(config=RunConfig, **kwargs)``; a rollout factory also receives
-        ``trainer=`` (the training backend) so colocated backends can share weights.
-        Duplicate ``(kind, name)`` pairs are an error naming both plugins.
+        ``trainer=`` (the training backend) so colocated backends can share weights. The
+        objects follow ``userrl_core.types.RolloutBackend`` and ``TrainingBackend``.
+        Duplicate ``(kind, name)`` pairs are contested, as above.
     :returns: nothing.
     """
 
@@ -90,7 +99,7 @@ def register_backends(register: Any) -> None:
 
 
 @hookspec
-def on_run_start(run: Any) -> None:
+def on_run_start(run: "RunHandle") -> None:
     """Called once after the run folder, the backends and the datasets are ready, before the
     first rollout (and before validation at step 0).
 
@@ -101,7 +110,7 @@ def on_run_start(run: Any) -> None:
 
 
 @hookspec
-def on_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
+def on_step_end(run: "RunHandle", step: int, metrics: dict[str, float]) -> None:
     """Called after every training step, once the update is done and the step's metrics are
     complete (including validation metrics when this step validated).
 
@@ -114,7 +123,7 @@ def on_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def on_validation_end(run: Any, step: int, metrics: dict[str, float]) -> None:
+def on_validation_end(run: "RunHandle", step: int, metrics: dict[str, float]) -> None:
     """Called after each validation pass (also the one before training, at step 0).
 
     :param run: the ``RunHandle``.
@@ -125,7 +134,7 @@ def on_validation_end(run: Any, step: int, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def on_checkpoint_saved(run: Any, step: int, path: Any, is_best: bool) -> None:
+def on_checkpoint_saved(run: "RunHandle", step: int, path: "Path", is_best: bool) -> None:
     """Called after a checkpoint folder was written and renamed into place.
 
     :param run: the ``RunHandle``.
@@ -137,7 +146,7 @@ def on_checkpoint_saved(run: Any, step: int, path: Any, is_best: bool) -> None:
 
 
 @hookspec
-def on_run_end(run: Any, status: str, summary: dict[str, Any]) -> None:
+def on_run_end(run: "RunHandle", status: str, summary: dict[str, Any]) -> None:
     """Called once when the run ends, whatever the reason.
 
     :param run: the ``RunHandle``.

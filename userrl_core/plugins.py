@@ -1,16 +1,21 @@
 """The plugin manager: loads every plugin from the ``userrl`` entry-point group.
 
 Built-in plugins (``plugins/``, the package ``userrl_plugins``) and third-party plugins load
-the same way. Each plugin's registration hooks are called one plugin at a time, so a name can
-be traced to its plugin and one broken plugin cannot take the others down:
+the same way. Every hook is called through pluggy's own hook calling, one plugin at a time
+(pluggy's subset hook callers), so a name can be traced to its plugin, one broken plugin cannot
+take the others down, and pluggy's hookimpl options hold: ``tryfirst`` / ``trylast`` order the
+plugins, a ``wrapper=True`` implementation wraps its own plugin's implementation, and a function
+that is not marked ``@hookimpl`` is never called (``plugins list`` warns about it):
 
 - a plugin that fails to import or to register is recorded as ``failed`` with its
   distribution, version and error, and skipped (``USERRL_STRICT_PLUGINS=1`` makes it fatal);
 - a plugin that declares ``USERRL_REQUIRES = {"module": "install hint"}`` and misses one of
   those modules is ``unavailable``: its names stay listed, and using one says how to install it;
 - ``USERRL_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name;
-- two plugins registering the same name is an error naming both (always fatal: which one
-  would win is not something to guess).
+- two plugins registering the same name make it *contested*: every command still loads, ``userrl
+  plugins list`` and ``userrl doctor`` show the conflict, and only a run that needs that name
+  stops with one error naming both plugins and ``USERRL_DISABLE_PLUGINS`` (which one would win
+  is not something to guess).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Callable
 import pluggy
 
 from userrl_core import hookspecs
-from userrl_core.errors import PluginConflictError, UserError
+from userrl_core.errors import UserError
 from userrl_core.registry import Kind, Registry
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ REGISTRATION_HOOKS = (
     "register_rewards",
     "register_backends",
 )
+HOOK_NAMES = tuple(name for name, obj in vars(hookspecs).items() if hasattr(obj, f"{hookspecs.PROJECT}_spec"))
 
 
 class PluginLoadError(UserError):
@@ -57,6 +63,8 @@ class PluginInfo:
     hint: str | None = None
     hooks: list[str] = field(default_factory=list)
     registers: dict[str, list[str]] = field(default_factory=dict)
+    descriptions: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> name -> description
+    warnings: list[str] = field(default_factory=list)  # e.g. a hook-named function without @hookimpl
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +77,8 @@ class PluginInfo:
             "hint": self.hint,
             "hooks": self.hooks,
             "registers": self.registers,
+            "descriptions": self.descriptions,
+            "warnings": self.warnings,
         }
 
 
@@ -139,14 +149,19 @@ class PluginManager:
         info.hooks = sorted(
             hc.name for hc in self.pm.get_hookcallers(obj) or [] if not hc.name.startswith("_")
         )
+        info.warnings = [
+            f"{name} is not marked @hookimpl and is not called"
+            for name in HOOK_NAMES
+            if callable(getattr(obj, name, None)) and name not in info.hooks
+        ]
+        for line in info.warnings:
+            log.warning("plugin %r: %s", info.name, line)
         try:
             self._run_registrations(obj, info)
-        except PluginConflictError:
-            raise
         except Exception as exc:
             self.registry.remove_plugin(info.name)
             self._unregister_quietly(info.name)
-            info.registers = {}
+            info.registers, info.descriptions = {}, {}
             self._fail(info, exc)
             return info
         if missing:
@@ -156,17 +171,22 @@ class PluginManager:
                 entry.unavailable_hint = info.hint
         return info
 
+    def _one_plugin(self, hook_name: str, obj: Any) -> Any:
+        """Pluggy's caller of ``hook_name`` restricted to the plugin ``obj``."""
+        others = [p for p in self.pm.get_plugins() if p is not obj]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
     def _run_registrations(self, obj: Any, info: PluginInfo) -> None:
         for hook_name in REGISTRATION_HOOKS:
-            impl = getattr(obj, hook_name, None)
-            if impl is None or not callable(impl):
-                continue
-            impl(register=self._make_register(hook_name, info))
+            if hook_name in info.hooks:
+                self._one_plugin(hook_name, obj)(register=self._make_register(hook_name, info))
 
     def _make_register(self, hook_name: str, info: PluginInfo) -> Callable[..., None]:
         def record(kind: Kind, name: str, obj: Any, description: str) -> None:
             self.registry.add(kind, name, obj, plugin=info.name, description=description)
             info.registers.setdefault(kind.value, []).append(name)
+            if description:
+                info.descriptions.setdefault(kind.value, {})[name] = str(description)
 
         if hook_name == "register_environments":
             return lambda name, factory, description="": record(Kind.ENVIRONMENT, name, factory, description)
@@ -174,7 +194,7 @@ class PluginManager:
             return lambda name, factory, description="": record(Kind.SIMULATOR, name, factory, description)
 
         allowed = (
-            {"turn_credit": Kind.TURN_CREDIT, "trajectory_score": Kind.TRAJECTORY_SCORE, "judge": Kind.JUDGE}
+            {"turn_credit": Kind.TURN_CREDIT, "trajectory_score": Kind.TRAJECTORY_SCORE}
             if hook_name == "register_rewards"
             else {"rollout": Kind.ROLLOUT_BACKEND, "training": Kind.TRAINING_BACKEND}
         )
@@ -206,18 +226,27 @@ class PluginManager:
     # ---------------------------------------------------------------- lifecycle
 
     def call_lifecycle(self, hook_name: str, **kwargs: Any) -> list[str]:
-        """Call a lifecycle hook on every plugin, one at a time.
+        """Call a lifecycle hook on every plugin, one plugin at a time, in pluggy's order
+        (``tryfirst`` first, ``trylast`` last, otherwise the last registered first).
 
-        A plugin that raises is logged and reported back (so the run summary can list it); it
-        does not stop the run unless ``USERRL_STRICT_PLUGINS=1``. Returns the error lines.
+        Each call goes through pluggy (a plugin's ``wrapper=True`` implementation wraps its own
+        implementation). A plugin that raises is logged and reported back (so the run summary
+        can list it); it does not stop the run or the other plugins' calls unless
+        ``USERRL_STRICT_PLUGINS=1``. Returns the error lines.
         """
         errors: list[str] = []
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        plain = [i for i in impls if not (i.wrapper or i.hookwrapper)]
+        wrappers = [i for i in impls if i.wrapper or i.hookwrapper]
+        order: list[Any] = []
+        for impl in [*reversed(plain), *reversed(wrappers)]:  # pluggy calls its list back to front
+            if all(impl.plugin is not seen for seen in order):
+                order.append(impl.plugin)
+        for plugin in order:
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
+                self._one_plugin(hook_name, plugin)(**kwargs)
             except Exception as exc:
-                line = f"plugin {impl.plugin_name!r} raised in {hook_name}: {_short_error(exc)}"
+                line = f"plugin {self.pm.get_name(plugin)!r} raised in {hook_name}: {_short_error(exc)}"
                 if _strict():
                     raise
                 log.error(line)

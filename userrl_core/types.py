@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``."""
+
+NO_SIMULATOR = "none"
+"""``simulator.name: none``: the run builds no simulator; every environment it uses must declare
+``needs_simulator = False`` on its factory (environment factories then get ``simulator=None``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,9 +68,17 @@ class StepResult:
     """The environment's answer to one action.
 
     ``observation`` is the text the agent sees next (the simulated user's reply).
-    ``reward`` is the turn reward; it must be ``None`` when ``status`` is not OK, so that a
-    failed simulator call can never turn into a reward. ``info`` carries environment metrics
-    (for IntentionGym: coverage, covered details by importance).
+    ``reward`` is the turn reward: a finite ``float`` (or ``int``) when ``status`` is OK — a
+    string, ``None``, a bool, NaN or infinity fails the episode as an environment error naming
+    the environment and the task — and ``None`` when ``status`` is not OK, so that a failed
+    simulator call can never turn into a reward. ``done`` ends the episode. ``info`` carries
+    environment metrics (for IntentionGym: coverage, covered details by importance); ``error``
+    says why a step failed.
+
+    Import it as ``from userrl_core.types import StepResult, StepStatus``; build it as
+    ``StepResult(observation="Lower.", reward=0.0, done=False)`` or, after a simulator call
+    failed, ``StepResult(observation="", reward=None, done=True,
+    status=StepStatus.SIMULATOR_FAILED, error=str(exc))``.
     """
 
     observation: str
@@ -81,9 +93,14 @@ class StepResult:
 class Environment(Protocol):
     """One episode of one task. Created per episode by an environment factory.
 
-    ``reset`` returns the opening messages (usually ``task.prompt``). ``step`` is called once per
-    valid agent action and returns a :class:`StepResult`. ``metrics`` returns the trajectory
-    metrics at the end (IntentionGym: ``score``, ``score_max``, ``coverage``).
+    ``reset`` returns the opening messages (usually ``task.prompt``; an environment writes its
+    own when the task has none); the recipe's ``rollout.system_prompt`` is then applied to them.
+    ``step`` is called once per valid agent action and returns a :class:`StepResult`.
+    ``metrics`` returns the trajectory's float metrics at the end (IntentionGym: ``score``,
+    ``score_max``, ``coverage``). An exception raised by any of the three (other than
+    :class:`SimulatorError`) ends that episode as ``EpisodeStatus.ENV_ERROR``: it is logged with
+    the environment and the task, counted in ``rollout/env_errors`` and left out of the update;
+    the run goes on (the guard's ``env_error_spike`` rule stops it when too many episodes fail).
     """
 
     async def reset(self) -> list[Message]: ...
@@ -97,12 +114,21 @@ class EnvironmentFactory(Protocol):
     """Builds an :class:`Environment` for one episode.
 
     Called as ``factory(task=..., simulator=..., settings=..., seed=...)`` where ``settings``
-    is the recipe's ``env.<env_name>`` mapping (the plugin validates it) and ``seed`` makes the
-    episode reproducible.
+    is the recipe's ``env.<env_name>`` mapping (a plain dict, ``{}`` when the recipe has none;
+    the plugin validates it) and ``seed`` makes the episode reproducible. ``simulator`` is
+    ``None`` in a run without one.
+
+    Optional attributes the core reads from the factory:
+
+    - ``needs_simulator = False``: the environment never calls a simulator, so a run whose
+      environments all say so builds none (``simulator.name: none`` is then allowed too);
+    - ``validate_task(task, settings=None)``: called by the task loader for every row; a
+      ``ValueError`` is reported with the file and row;
+    - ``default_tasks``: a task file path, used by ``userrl simulate`` without ``--tasks``.
     """
 
     def __call__(
-        self, *, task: Task, simulator: "Simulator", settings: dict[str, Any], seed: int, **kwargs: Any
+        self, *, task: Task, simulator: "Simulator | None", settings: dict[str, Any], seed: int, **kwargs: Any
     ) -> Environment: ...
 
 
@@ -154,11 +180,20 @@ class SimulatorError(RuntimeError):
 class Simulator(Protocol):
     """A user simulator (and judge). Shared by all episodes of a run; must be safe to call
     concurrently. Retries, time-outs and the concurrency bound are its own business; after the
-    last retry it raises :class:`SimulatorError`, never returns a made-up text."""
+    last retry it raises :class:`SimulatorError`, never returns a made-up text.
+
+    The core calls exactly these: ``complete`` (through the environments), ``stats()`` before
+    and after every rollout (cumulative counters since the simulator was built, diffed into
+    ``simulator/<counter>`` metrics: ``calls``, ``failures``, ``retries``, ``prompt_tokens``,
+    ``completion_tokens``, ``cost_usd``, ``latency_s``; a counter it does not keep is left out
+    and counts as 0) and ``aclose()`` once at the end of the run.
+    """
 
     name: str
 
     async def complete(self, request: SimulatorRequest) -> SimulatorResponse: ...
+
+    def stats(self) -> dict[str, float]: ...
 
     async def aclose(self) -> None: ...
 
@@ -170,7 +205,9 @@ class Simulator(Protocol):
 
 class EpisodeStatus(str, enum.Enum):
     OK = "ok"  # ended normally (finish, all covered, max_turns, token budget, no action)
-    FAILED = "failed"  # a simulator call failed: excluded from training, counted in metrics
+    FAILED = "failed"  # a simulator call failed: excluded from training, counted in simulator/*
+    ENV_ERROR = "env_error"  # the environment's code raised or returned something invalid:
+    # excluded from training, counted in rollout/env_errors, named with its environment and task
 
 
 @dataclass
@@ -211,7 +248,7 @@ class Episode:
     turns: list[Turn]
     messages: list[Message]
     status: EpisodeStatus = EpisodeStatus.OK
-    end_reason: str = ""  # finish | all_covered | max_turns | token_budget | no_action | failed
+    end_reason: str = ""  # finish | all_covered | max_turns | token_budget | no_action | failed | env_error
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     rollout_logprobs: list[float] | None = None
@@ -268,11 +305,14 @@ class GenerationResult:
 
 
 class RolloutBackend(Protocol):
-    """Generates turns for many episodes at once. ``tokenizer`` is a HF tokenizer.
+    """Generates turns for many episodes at once. ``tokenizer`` is a HF tokenizer (its chat
+    template renders the conversation).
 
     ``generate`` continues every prompt by one turn: sampled ids end with the first stop id
     (kept) or at ``max_new_tokens``. ``sync_weights(training)`` is called after every update
     so the next rollout samples from the new policy (a no-op when both share one model).
+    ``close()`` is called once when the run ends, however it ends (once per object when the
+    rollout and training backends are the same object).
     """
 
     tokenizer: Any
@@ -280,6 +320,8 @@ class RolloutBackend(Protocol):
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
     def sync_weights(self, source: Any) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -313,11 +355,12 @@ class TrainingBackend(Protocol):
         rollout.sync_weights(training)
 
     and for checkpoints ``save_hf(dir)`` (model + tokenizer, loadable by
-    ``AutoModelForCausalLM.from_pretrained``), ``state_dict()`` / ``load_state_dict(state)``
-    (optimizer and scheduler, picklable with ``torch.save``; ``save_state(dir)`` /
-    ``load_state(dir)`` write and read it as one file) and ``load_hf(dir)`` to put saved
-    weights back in place (roll-back, resume). RNG states and the data cursor are the
-    trainer's to save.
+    ``AutoModelForCausalLM.from_pretrained``) and ``save_state(dir)`` (optimizer and scheduler
+    into files of its own inside ``dir``); ``load_hf(dir)`` and ``load_state(dir)`` put them back
+    (roll-back, resume). ``apply_config(config)`` is called after a roll-back changed the run's
+    config (e.g. the guard halved ``actor.lr``): the backend takes the new values it uses.
+    ``close()`` is called once when the run ends, however it ends. RNG states and the data
+    cursor are the trainer's to save.
     """
 
     tokenizer: Any
@@ -330,16 +373,11 @@ class TrainingBackend(Protocol):
 
     def load_hf(self, path: Any) -> None: ...
 
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
     def save_state(self, path: Any) -> None: ...
 
     def load_state(self, path: Any) -> None: ...
 
+    def apply_config(self, config: Any) -> None: ...
 
-BackendFactory = Callable[..., Any]
-"""``factory(config=RunConfig, **kwargs)`` returning a rollout or training backend."""
+    def close(self) -> None: ...
 
-AsyncFn = Callable[..., Awaitable[Any]]

@@ -218,6 +218,9 @@ class TorchPolicy:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def close(self) -> None:
+        """Nothing to release in one process: the model and optimizer go with the object."""
+
     def apply_config(self, config: Any) -> None:
         """Take a changed ``actor`` section mid-run (a stability-guard roll-back, after the best
         state was loaded). Loss settings are read from ``self.actor`` at every update; ``lr``

@@ -110,6 +110,9 @@ class TransformersRollout:
                 lps_out.append(scores[row, : len(ids)].float().cpu().tolist())
         return ids_out, lps_out
 
+    def close(self) -> None:
+        """Nothing to release: the model is the training backend's (or garbage-collected)."""
+
     def sync_weights(self, source: Any) -> None:
         """Make the rollout sample from ``source``'s current weights (a no-op when shared)."""
         source_model = getattr(source, "model", None)

@@ -149,6 +149,7 @@ RULES: dict[str, RuleSpec] = {
                                      "above {t:g}"),
     "simulator_failure_spike": RuleSpec(above("simulator/failure_rate"), "step", "simulator/failure_rate",
                                         "above {t:g}"),
+    "env_error_spike": RuleSpec(above("rollout/env_error_rate"), "step", "rollout/env_error_rate", "above {t:g}"),
     "grad_norm_vanish": RuleSpec(below("actor/grad_norm"), "step", "actor/grad_norm", "below {t:g}"),
 }
 

@@ -1,6 +1,7 @@
 """``userrl keys [--markdown] [--update FILE]``: every recipe key with its type, default and
-description, read from the pydantic schema (docs/recipes.md embeds the Markdown form, and a
-test keeps the two equal)."""
+description, read from the pydantic schema, followed by the sections plugins own (an
+environment factory's ``settings_model`` for ``env.<name>``), read from the installed plugins.
+docs/recipes.md embeds the Markdown form, and a test keeps the two equal."""
 
 from __future__ import annotations
 
@@ -75,9 +76,30 @@ def iter_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterator[
             yield key, _type_name(field.annotation), _default(field), field.description or ""
 
 
+def plugin_keys(registry: Any = None) -> Iterator[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) of every plugin-owned section: ``env.<name>.*``
+    for each registered environment whose factory declares a pydantic ``settings_model``."""
+    from userrl_core.registry import Kind
+
+    if registry is None:
+        from userrl_core.plugins import get_plugin_manager
+
+        registry = get_plugin_manager().registry
+    for name in registry.names(Kind.ENVIRONMENT):
+        entry = registry.entry_or_none(Kind.ENVIRONMENT, name)
+        model = _model_in(getattr(entry.obj, "settings_model", None)) if entry is not None else None
+        if model is not None:
+            yield from iter_keys(model, f"env.{name}.")
+
+
+def all_keys() -> Iterator[tuple[str, str, str, str]]:
+    yield from iter_keys()
+    yield from plugin_keys()
+
+
 def markdown_table() -> str:
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
-    for key, type_name, default, description in iter_keys():
+    for key, type_name, default, description in all_keys():
         cells = [f"`{key}`", f"`{type_name}`", f"`{default}`", description]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
@@ -103,6 +125,6 @@ def keys_command(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(markdown_table())
     else:
-        for key, type_name, default, description in iter_keys():
+        for key, type_name, default, description in all_keys():
             print(f"{key} ({type_name}, default {default}): {description}")
     return 0

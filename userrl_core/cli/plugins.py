@@ -1,4 +1,5 @@
-"""``userrl plugins list [--json]``: every plugin, its distribution, status, hooks and names."""
+"""``userrl plugins list [--json]``: every plugin, its distribution, status, hooks and names,
+and every name two plugins registered (a conflict: only a run that uses that name stops)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from typing import Any
 
 from userrl_core.plugins import PluginInfo, get_plugin_manager
+from userrl_core.registry import Entry
 
 
 def add_parser(subparsers: Any) -> None:
@@ -18,15 +20,19 @@ def add_parser(subparsers: Any) -> None:
 
 
 def list_plugins(args: argparse.Namespace) -> int:
-    infos = sorted(get_plugin_manager().plugins.values(), key=lambda p: p.name)
+    manager = get_plugin_manager()
+    infos = sorted(manager.plugins.values(), key=lambda p: p.name)
+    conflicts = manager.registry.conflicts()
     if args.json:
-        print(json.dumps({"plugins": [p.as_dict() for p in infos]}, indent=2))
+        listed = [{"kind": e.kind.value, "name": e.name, "plugins": [e.plugin, *(r.plugin for r in e.rivals)],
+                   "message": e.conflict_message()} for e in conflicts]
+        print(json.dumps({"plugins": [p.as_dict() for p in infos], "conflicts": listed}, indent=2))
     else:
-        print(format_table(infos))
+        print(format_table(infos, conflicts))
     return 0
 
 
-def format_table(infos: list[PluginInfo]) -> str:
+def format_table(infos: list[PluginInfo], conflicts: list[Entry] = ()) -> str:
     """A plain-text table (no colours, stable in pipes), one block per plugin."""
     if not infos:
         return "no plugins installed (entry-point group 'userrl')"
@@ -42,8 +48,15 @@ def format_table(infos: list[PluginInfo]) -> str:
         out.append(line(row))
         for kind, names in sorted(info.registers.items()):
             out.append(f"    {kind}: {', '.join(names)}")
+            for name, description in info.descriptions.get(kind, {}).items():
+                out.append(f"      {name}: {description}")
         if info.error:
             out.append(f"    error: {info.error}")
         if info.hint:
             out.append(f"    install: {info.hint}")
+        for warning in info.warnings:
+            out.append(f"    warning: {warning}")
+    if conflicts:
+        out += ["", "CONFLICTS (a run that uses one of these names stops):"]
+        out += [f"  {entry.conflict_message()}" for entry in conflicts]
     return "\n".join(out)

@@ -49,10 +49,15 @@ def load_checked_recipe(recipe: str, overrides: list[str], *, dry_run: bool = Fa
 
 
 def count_train_tasks(config: RunConfig, registry: Any) -> int:
-    """Reads the train files (not the model) to size the epoch."""
+    """Reads every task file the run will open (train and validation; not the model), so a
+    missing file or a bad row fails the dry run too; returns the train task count (it sizes
+    the epoch)."""
     from userrl_core.data import load_tasks
 
-    tasks = load_tasks(config.data.train_files, registry, max_tasks=config.data.train_max_tasks, env_settings=config.env)
+    data = config.data
+    tasks = load_tasks(data.train_files, registry, max_tasks=data.train_max_tasks, env_settings=config.env)
+    if data.val_files:
+        load_tasks(data.val_files, registry, max_tasks=data.val_max_tasks, env_settings=config.env)
     return len(tasks)
 
 

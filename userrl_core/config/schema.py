@@ -173,7 +173,10 @@ class TrainerConfig(Section):
 
 
 class SimulatorConfig(Section):
-    name: str = Field("local", description="Simulator plugin name ('local', 'litellm').")
+    name: str = Field(
+        "local", description="Simulator plugin name ('local', 'litellm'), or 'none' for a run whose environments "
+        "all declare needs_simulator = False (such a run builds no simulator whatever this names)."
+    )
     model: str | None = Field(
         None, description="LiteLLM model string, e.g. 'dashscope/qwen-plus' or 'openai/Qwen/Qwen3-30B-A3B-Instruct-2507'."
     )
@@ -204,6 +207,7 @@ GUARD_RULE_NAMES = (
     "response_length_collapse",
     "invalid_action_spike",
     "simulator_failure_spike",
+    "env_error_spike",
     "grad_norm_vanish",
 )
 
@@ -252,6 +256,8 @@ class GuardRule(Section):
     - ``response_length_collapse``: ``response_length/mean`` < threshold × its reference;
     - ``invalid_action_spike``: ``rollout/invalid_action_rate`` > threshold;
     - ``simulator_failure_spike``: ``simulator/failure_rate`` > threshold;
+    - ``env_error_spike``: ``rollout/env_error_rate`` (episodes whose environment raised or
+      returned an invalid step) > threshold;
     - ``grad_norm_vanish``: ``actor/grad_norm`` < threshold.
 
     A reference is the mean of the first ``reference_steps`` values recorded in the run.
@@ -266,7 +272,7 @@ class GuardRule(Section):
     )
     threshold: float = Field(
         description="val_reward_drop / entropy_collapse / response_length_collapse: a fraction of the best or "
-        "reference value; invalid_action_spike / simulator_failure_spike: a rate in [0, 1]; grad_norm_vanish: an "
+        "reference value; invalid_action_spike / simulator_failure_spike / env_error_spike: a rate in [0, 1]; grad_norm_vanish: an "
         "absolute gradient norm."
     )
     patience: int = Field(
@@ -314,6 +320,7 @@ def _default_rules() -> dict[str, dict[str, Any]]:
         "response_length_collapse": {"action": "warn", "threshold": 0.25, "patience": 3},
         "invalid_action_spike": {"action": "warn", "threshold": 0.5, "patience": 2},
         "simulator_failure_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
+        "env_error_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
         "grad_norm_vanish": {"action": "stop", "threshold": 1e-8, "patience": 10},
     }
 

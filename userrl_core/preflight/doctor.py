@@ -77,9 +77,11 @@ def plugin_checks() -> tuple[list[Check], Any]:
 
     try:
         manager = get_plugin_manager()
-    except UserError as exc:  # duplicate names, or a failure under USERRL_STRICT_PLUGINS
+    except UserError as exc:  # a failure under USERRL_STRICT_PLUGINS
         return [Check("plugins", "fail", str(exc), required=True)], None
     checks = []
+    for entry in manager.registry.conflicts():
+        checks.append(Check(f"{entry.kind.label} {entry.name}", "fail", entry.conflict_message()))
     for info in sorted(manager.plugins.values(), key=lambda p: p.name):
         where = f"{info.distribution} {info.version}"
         if info.status == "ok":

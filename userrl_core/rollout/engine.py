@@ -5,8 +5,14 @@ every live episode in one batch (chunked by ``rollout.generation_batch_size``); 
 environment steps of the turn (simulator and judge calls) run concurrently, at most
 ``simulator.max_concurrency`` at a time. Episodes end independently: the environment says done
 (``finish``, all details covered, ...), ``rollout.max_turns`` is reached, the next turn would not
-fit ``rollout.max_episode_tokens``, the reply had no action (``rollout.on_no_action: end``), or a
-simulator call failed (the episode is then ``FAILED`` and the trainer leaves it out).
+fit ``rollout.max_episode_tokens``, the reply had no action (``rollout.on_no_action: end``), a
+simulator call failed (the episode is then ``FAILED``), or the environment's own code broke: its
+factory, ``reset()``, ``step()`` or ``metrics()`` raised, or a step returned something that is not
+a ``StepResult`` with a finite number as reward (the episode is then ``ENV_ERROR``, logged with the
+environment and the task). The trainer leaves both kinds out of the update and counts them.
+
+The recipe's ``rollout.system_prompt`` is applied to the opening messages ``reset()`` returns
+(:func:`userrl_core.rollout.env_contract.opening_messages`, the rule ``userrl simulate`` shares).
 
 Token bookkeeping is in :mod:`userrl_core.rollout.tokens`, action parsing in
 :mod:`userrl_core.rollout.actions`, metrics in :mod:`userrl_core.rollout.summary`.
@@ -16,6 +22,7 @@ docs/rollout.md explains the whole path from a reply to tokens and masks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -23,7 +30,14 @@ from typing import Any
 
 from userrl_core.registry import Kind, Registry
 from userrl_core.rollout.actions import INTERACT_WITH_ENV_TOOL, error_message, parse_reply, reminder_message
-from userrl_core.rollout.summary import SIMULATOR_ERROR_KEY, RolloutCounters, rollout_metrics, validation_metrics
+from userrl_core.rollout.env_contract import bad_reward, chat_messages, finite_reward, opening_messages
+from userrl_core.rollout.summary import (
+    ENV_ERROR_KEY,
+    SIMULATOR_ERROR_KEY,
+    RolloutCounters,
+    rollout_metrics,
+    validation_metrics,
+)
 from userrl_core.rollout.tokens import ChatTokens
 from userrl_core.types import (
     Action,
@@ -41,6 +55,8 @@ from userrl_core.types import (
     Turn,
 )
 
+log = logging.getLogger("userrl")
+
 
 @dataclass
 class RolloutResult:
@@ -55,7 +71,7 @@ class _Live:
     """An episode while it runs: the growing token arrays and its environment."""
 
     episode: Episode
-    env: Environment
+    env: Environment | None  # None when the factory raised (the episode is then an env error)
     logprobs: list[float] | None
     finished: bool = False
     turn_closed: bool = True  # the last sampled turn ended with the end-of-turn token
@@ -77,7 +93,9 @@ def derive_seed(*parts: Any) -> int:
 class RolloutEngine:
     """Runs episodes for a batch of tasks with one policy backend and one simulator."""
 
-    def __init__(self, backend: RolloutBackend, registry: Registry, simulator: Simulator, config: Any) -> None:
+    def __init__(self, backend: RolloutBackend, registry: Registry, simulator: Simulator | None,
+                 config: Any) -> None:
+        """``simulator`` is None in a run whose environments all declare ``needs_simulator = False``."""
         self.backend = backend
         self.registry = registry
         self.simulator = simulator
@@ -150,23 +168,35 @@ class RolloutEngine:
         for group, task in enumerate(tasks):
             settings = dict(self.config.env.get(task.env_name, {}))
             for sample in range(n):
-                env = factories[task.env_name](
-                    task=task, simulator=self.simulator, settings=settings, seed=derive_seed(seed, group, sample)
-                )
                 episode = Episode(task=task, group=group, sample=sample, token_ids=[], loss_mask=[],
                                   prompt_length=0, turns=[], messages=[])
-                live.append(_Live(episode=episode, env=env, logprobs=None))
+                state = _Live(episode=episode, env=None, logprobs=None)
+                live.append(state)
+                try:
+                    state.env = factories[task.env_name](
+                        task=task, simulator=self.simulator, settings=settings, seed=derive_seed(seed, group, sample)
+                    )
+                except Exception as exc:  # third-party code: one broken episode, not a dead run
+                    self._env_error(state, "factory", f"raised {_describe(exc)}")
         return live
 
     async def _reset_all(self, live: list[_Live]) -> None:
-        results = await asyncio.gather(*(s.env.reset() for s in live), return_exceptions=True)
-        for state, result in zip(live, results):
+        starting = [s for s in live if s.env is not None]
+        results = await asyncio.gather(*(s.env.reset() for s in starting), return_exceptions=True)
+        for state, result in zip(starting, results):
             if isinstance(result, SimulatorError):
                 self._fail(state, str(result))
                 continue
-            if isinstance(result, BaseException):
-                raise RuntimeError(self._where(state, "reset") + f": {result!r}") from result
-            state.episode.messages = [dict(m) for m in result]
+            if isinstance(result, Exception):
+                self._env_error(state, "reset", f"raised {_describe(result)}")
+                continue
+            if isinstance(result, BaseException):  # Ctrl-C, cancellation: not the environment's fault
+                raise result
+            messages = chat_messages(result)
+            if messages is None:
+                self._env_error(state, "reset", f"returned {result!r:.80}, not a non-empty list of chat messages")
+                continue
+            state.episode.messages = opening_messages(messages, self.settings.system_prompt)
             state.episode.token_ids = self.tokens.prompt_ids(state.episode.messages)
             state.episode.loss_mask = [0] * len(state.ids)
             state.episode.prompt_length = len(state.ids)
@@ -271,29 +301,35 @@ class RolloutEngine:
                     return exc
 
         outcomes = await asyncio.gather(*(step(s, a) for s, a in stepping), return_exceptions=True)
-        for (state, _), outcome in zip(stepping, outcomes):
-            if isinstance(outcome, BaseException) and not isinstance(outcome, SimulatorError):
-                raise RuntimeError(self._where(state, "step") + f": {outcome!r}") from outcome
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # Ctrl-C, cancellation: not the environment's fault
         return outcomes
 
-    def _apply_step(self, state: _Live, outcome: StepResult | SimulatorError) -> None:
+    def _apply_step(self, state: _Live, outcome: StepResult | Exception) -> None:
         turn = state.episode.turns[-1]
         if isinstance(outcome, SimulatorError):
             turn.info = {SIMULATOR_ERROR_KEY: str(outcome)}
             self._fail(state, str(outcome))
             return
+        if isinstance(outcome, Exception):
+            self._env_error(state, "step", f"raised {_describe(outcome)}")
+            return
         if not isinstance(outcome, StepResult):
-            raise RuntimeError(self._where(state, "step") + f" returned {type(outcome).__name__}, not a StepResult")
-        turn.info = dict(outcome.info)
+            self._env_error(state, "step", f"returned {type(outcome).__name__}, not a StepResult")
+            return
+        turn.info = dict(outcome.info) if isinstance(outcome.info, dict) else {}
         turn.observation = outcome.observation
         if outcome.status is not StepStatus.OK:
             message = outcome.error or f"simulator step status {outcome.status.value}"
             turn.info[SIMULATOR_ERROR_KEY] = message
             self._fail(state, message)
             return
-        if outcome.reward is None:
-            raise RuntimeError(self._where(state, "step") + " returned reward None with status ok")
-        turn.reward = float(outcome.reward)
+        reward = finite_reward(outcome.reward)
+        if reward is None:
+            self._env_error(state, "step", bad_reward(outcome.reward))
+            return
+        turn.reward = reward
         if outcome.done:
             reason = outcome.info.get("end_reason")
             self._finish(state, reason if isinstance(reason, str) and reason else "done")
@@ -341,6 +377,17 @@ class RolloutEngine:
         state.episode.status = EpisodeStatus.FAILED
         state.episode.error = message
 
+    def _env_error(self, state: _Live, call: str, problem: str) -> None:
+        """The environment's own code broke in ``call``: this episode ends as ``ENV_ERROR`` (left out
+        of the update, counted in ``rollout/env_errors``); the run goes on."""
+        message = f"{self._where(state, call)} {problem}"
+        log.warning("episode failed: %s", message)
+        if state.episode.turns:
+            state.episode.turns[-1].info[ENV_ERROR_KEY] = message
+        self._finish(state, "env_error")
+        state.episode.status = EpisodeStatus.ENV_ERROR
+        state.episode.error = message
+
     def _retokenization_differs(self, state: _Live) -> bool:
         """Whether the ids held at the episode's last appended environment message differ from a
         fresh rendering of its messages up to there. One check per episode: a template that
@@ -355,16 +402,27 @@ class RolloutEngine:
     def _collect_metrics(self, state: _Live) -> None:
         episode = state.episode
         episode.rollout_logprobs = state.logprobs
-        metrics = {}
-        for name, value in state.env.metrics().items():
+        metrics: dict[str, float] = {}
+        if state.env is not None and episode.status is EpisodeStatus.OK:
             try:
-                metrics[name] = float(value)
-            except (TypeError, ValueError):
-                raise RuntimeError(self._where(state, "metrics") + f" returned non-numeric {name}={value!r}") from None
+                reported = state.env.metrics()
+                for name, value in dict(reported).items():
+                    number = finite_reward(value)
+                    if number is None:
+                        raise ValueError(f"non-numeric or non-finite {name}={value!r}")
+                    metrics[str(name)] = number
+            except Exception as exc:
+                self._env_error(state, "metrics", f"failed: {_describe(exc)}")
+                metrics = {}
         metrics.setdefault("score", float(sum(episode.turn_rewards)))
         episode.metrics = metrics
 
     @staticmethod
     def _where(state: _Live, call: str) -> str:
         task = state.episode.task
-        return f"environment {task.env_name!r} {call}() for task {task.id!r}"
+        where = f" ({task.source})" if task.source else ""
+        return f"environment {task.env_name!r} {call}() for task {task.id!r}{where}"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,9 +1,11 @@
 """Step metrics from finished episodes: rollout statistics, environment metrics and the
 per-data-source validation metrics (verl's ``val-core/<data_source>/reward/mean@n``).
 
-Failed episodes (a simulator call failed) are counted but left out of every average of
-rewards and environment metrics: their trajectories are incomplete and the trainer excludes
-them too.
+Failed episodes (a simulator call failed: ``FAILED``; the environment's own code broke:
+``ENV_ERROR``) are counted but left out of every average of rewards and environment metrics:
+their trajectories are incomplete and the trainer excludes them too. Environment errors have
+their own counters (``rollout/env_errors``, ``rollout/env_error_rate``) so that a bug in an
+environment is never mistaken for a simulator outage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from userrl_core.types import Episode, EpisodeStatus
 
 SIMULATOR_ERROR_KEY = "simulator_error"
 """``Turn.info`` key set on the turn whose environment step failed in the simulator."""
+
+ENV_ERROR_KEY = "env_error"
+"""``Turn.info`` key set on the turn whose environment step raised or returned something invalid."""
 
 
 @dataclass
@@ -41,8 +46,9 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
     ``env/<metric>/mean`` for one batch of episodes."""
     turns = [turn for episode in episodes for turn in episode.turns]
     n_turns = len(turns)
-    failed = [e for e in episodes if e.status is EpisodeStatus.FAILED]
-    ok = [e for e in episodes if e.status is not EpisodeStatus.FAILED]
+    failed = [e for e in episodes if e.status is not EpisodeStatus.OK]
+    env_errors = sum(e.status is EpisodeStatus.ENV_ERROR for e in episodes)
+    ok = [e for e in episodes if e.status is EpisodeStatus.OK]
     env_steps = sum(1 for t in turns if t.action is not None and not t.invalid)
     failed_steps = sum(1 for t in turns if SIMULATOR_ERROR_KEY in t.info)
     responses = [e.response_length for e in episodes]
@@ -56,6 +62,8 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
         "rollout/truncated_turn_rate": counters.truncated_turns / n_turns if n_turns else 0.0,
         "rollout/failed_episodes": float(len(failed)),
         "rollout/failed_episode_rate": len(failed) / len(episodes) if episodes else 0.0,
+        "rollout/env_errors": float(env_errors),
+        "rollout/env_error_rate": env_errors / len(episodes) if episodes else 0.0,
         "rollout/env_steps": float(env_steps),
         "rollout/failed_env_steps": float(failed_steps),
         "rollout/failed_env_step_rate": failed_steps / env_steps if env_steps else 0.0,
@@ -91,8 +99,10 @@ def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
         by_source[episode.task.data_source].append(episode)
     metrics: dict[str, float] = {}
     for source, source_episodes in sorted(by_source.items()):
-        ok = [e for e in source_episodes if e.status is not EpisodeStatus.FAILED]
+        ok = [e for e in source_episodes if e.status is EpisodeStatus.OK]
         metrics[f"val-aux/{source}/failed_episodes"] = float(len(source_episodes) - len(ok))
+        metrics[f"val-aux/{source}/env_errors"] = float(
+            sum(e.status is EpisodeStatus.ENV_ERROR for e in source_episodes))
         values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for e in ok:
             values["reward"][e.group].append(float(e.metrics.get("score", 0.0)))

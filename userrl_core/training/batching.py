@@ -19,22 +19,23 @@ class Selection:
     """The episodes that train this step, and why the others do not."""
 
     kept: list[Episode]
-    excluded_failed: int  # failed episodes themselves
+    excluded_failed: int  # failed episodes themselves (simulator failures and environment errors)
     excluded_by_group: int  # healthy episodes left out with a failed group member
 
 
 def select_for_training(episodes: list[Episode], mode: str) -> Selection:
     """Drop failed episodes (``mode="episode"``) or their whole GRPO group (``mode="group"``).
 
-    A failed simulator call must not leak into the update: its turn has no reward, and a group
-    baseline computed without it is biased, hence the group mode by default.
+    A failed simulator call or a broken environment step must not leak into the update: its turn
+    has no reward, and a group baseline computed without it is biased, hence the group mode by
+    default. Every status but ``OK`` counts as failed here.
     """
-    failed_groups = {e.group for e in episodes if e.status is EpisodeStatus.FAILED}
-    failed = sum(e.status is EpisodeStatus.FAILED for e in episodes)
+    failed_groups = {e.group for e in episodes if e.status is not EpisodeStatus.OK}
+    failed = sum(e.status is not EpisodeStatus.OK for e in episodes)
     if mode == "group":
         kept = [e for e in episodes if e.group not in failed_groups]
     else:
-        kept = [e for e in episodes if e.status is not EpisodeStatus.FAILED]
+        kept = [e for e in episodes if e.status is EpisodeStatus.OK]
     return Selection(kept=kept, excluded_failed=failed, excluded_by_group=len(episodes) - len(kept) - failed)
 
 

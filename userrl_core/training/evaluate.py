@@ -91,7 +91,7 @@ def per_category(episodes: list[Episode]) -> dict[str, dict[str, float]]:
         groups.setdefault(category_of(episode), []).append(episode)
     out = {}
     for category, group in sorted(groups.items()):
-        ok = [e for e in group if e.status is not EpisodeStatus.FAILED]
+        ok = [e for e in group if e.status is EpisodeStatus.OK]
         row: dict[str, float] = {"episodes": float(len(group)), "failed_episodes": float(len(group) - len(ok))}
         if ok:
             row["reward/mean"] = float(np.mean([e.metrics.get("score", 0.0) for e in ok]))
@@ -116,7 +116,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     from userrl_core.data import load_tasks
     from userrl_core.training.metrics import episode_record, simulator_delta
     from userrl_core.rollout import validation_metrics
-    from userrl_core.training.build import apply_system_prompt, build_components
+    from userrl_core.training.build import build_components
 
     if n < 1:
         raise UserError(f"--n must be at least 1; got {n}")
@@ -138,21 +138,26 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
                     "pass --temperature to sample", n)
 
     started = time.perf_counter()
-    components = build_components(config)
-    tasks = apply_system_prompt(
-        load_tasks(files, components.plugins.registry, max_tasks=limit, env_settings=config.env).tasks,
-        config.rollout.system_prompt)
-    sim_before = components.simulator.stats()
+    from userrl_core.plugins import get_plugin_manager
+
+    plugins = get_plugin_manager()
+    tasks = load_tasks(files, plugins.registry, max_tasks=limit, env_settings=config.env).tasks
+    components = build_components(config, plugins, env_names={t.env_name for t in tasks})
+    sim_before = components.simulator_stats()
 
     async def run_all():
         try:
             return await components.engine.run(tasks, n, seed=config.trainer.seed, validation=True)
         finally:
-            await components.simulator.aclose()
+            if components.simulator is not None:
+                await components.simulator.aclose()
 
-    episodes = asyncio.run(run_all()).episodes
+    try:
+        episodes = asyncio.run(run_all()).episodes
+    finally:
+        components.close()
     metrics = validation_metrics(episodes, n)
-    simulator = simulator_delta(sim_before, components.simulator.stats())
+    simulator = simulator_delta(sim_before, components.simulator_stats())
     for key, value in simulator.items():
         metrics[key.replace("simulator/", "val-aux/simulator/")] = value
 
@@ -162,7 +167,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     with transcripts.open("w", encoding="utf-8") as f:
         for episode in episodes:
             f.write(json.dumps(episode_record(0, episode), default=str) + "\n")
-    ok = [e for e in episodes if e.status is not EpisodeStatus.FAILED]
+    ok = [e for e in episodes if e.status is EpisodeStatus.OK]
     result: dict[str, Any] = {
         "checkpoint": str(model_dir),
         "run_dir": None if run_dir is None else str(run_dir),

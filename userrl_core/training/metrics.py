@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from userrl_core.rollout.summary import SIMULATOR_ERROR_KEY
+from userrl_core.rollout.summary import ENV_ERROR_KEY, SIMULATOR_ERROR_KEY
 from userrl_core.types import Episode, EpisodeStatus
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ def _clean(value: Any) -> Any:
 
 
 def turn_failed(turn: Any) -> bool:
-    """The environment step of this turn failed (its simulator call or judge gave up)."""
-    return SIMULATOR_ERROR_KEY in (turn.info or {})
+    """The environment step of this turn failed (its simulator call or judge gave up, or the
+    environment's own code raised or returned an invalid step)."""
+    info = turn.info or {}
+    return SIMULATOR_ERROR_KEY in info or ENV_ERROR_KEY in info
 
 
 def episode_record(step: int, episode: Episode) -> dict[str, Any]:
@@ -117,8 +119,8 @@ def _spread(episodes: list[Episode], limit: int) -> list[Episode]:
     """A few episodes from different groups, failures first (they are the ones to read)."""
     if limit <= 0:
         return []
-    failed = [e for e in episodes if e.status is EpisodeStatus.FAILED]
-    rest = sorted((e for e in episodes if e.status is not EpisodeStatus.FAILED), key=lambda e: (e.sample, e.group))
+    failed = [e for e in episodes if e.status is not EpisodeStatus.OK]
+    rest = sorted((e for e in episodes if e.status is EpisodeStatus.OK), key=lambda e: (e.sample, e.group))
     return (failed + rest)[:limit]
 
 

@@ -37,13 +37,13 @@ from userrl_core.registry import Kind
 from userrl_core.rollout import validation_metrics
 from userrl_core.run import RunHandle
 from userrl_core.training import batching
-from userrl_core.training.build import Components, apply_system_prompt, build_components
+from userrl_core.training.build import Components, build_components
 from userrl_core.training.checkpoint import CheckpointManager
 from userrl_core.training.geometry import plan_geometry
 from userrl_core.training.metrics import RunRecorder, simulator_delta
 from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.training.val_reward import validation_reward
-from userrl_core.types import Episode, Task
+from userrl_core.types import Episode, EpisodeStatus, Task
 
 log = logging.getLogger("userrl")
 
@@ -65,12 +65,10 @@ class Trainer:
         self.turn_credit = self.registry.get(Kind.TURN_CREDIT, config.algorithm.turn_credit)
         self.trajectory_score = self.registry.get(Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score)
         data = config.data
-        self.train_tasks = apply_system_prompt(
-            load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks, env_settings=config.env).tasks,
-            config.rollout.system_prompt)
+        self.train_tasks = load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks,
+                                      env_settings=config.env).tasks
         self.val_tasks = (
-            apply_system_prompt(load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks, env_settings=config.env).tasks,
-                                config.rollout.system_prompt)
+            load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks, env_settings=config.env).tasks
             if data.val_files else []
         )
         geometry, _ = plan_geometry(config, len(self.train_tasks))
@@ -80,7 +78,8 @@ class Trainer:
                 f"training tasks loaded from {', '.join(data.train_files)}"
             )
         self.steps_per_epoch, self.total_steps = geometry.steps_per_epoch, geometry.total_steps
-        self.c = components or build_components(config, plugins, total_steps=self.total_steps)
+        env_names = {t.env_name for t in [*self.train_tasks, *self.val_tasks]}
+        self.c = components or build_components(config, plugins, total_steps=self.total_steps, env_names=env_names)
         self.handle = RunHandle(config=config, run_dir=run_dir)
         self.checkpoints = CheckpointManager(run_dir, keep_last=config.trainer.max_ckpt_to_keep)
         self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
@@ -111,23 +110,24 @@ class Trainer:
     async def _train_step(self, tasks: list[Task]) -> dict[str, float]:
         cfg = self.config
         t0 = time.perf_counter()
-        sim_before = self.c.simulator.stats()
+        sim_before = self.c.simulator_stats()
         with self.progress.phase(f"step {self.step}/{self.total_steps}: rollout of {len(tasks)} tasks x {cfg.rollout.n}"):
             result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step)
         t_rollout = time.perf_counter() - t0
         metrics: dict[str, float] = dict(result.metrics)
-        metrics.update(simulator_delta(sim_before, self.c.simulator.stats()))
+        metrics.update(simulator_delta(sim_before, self.c.simulator_stats()))
         episodes = result.episodes
         self.recorder.transcripts("step", self.step, episodes, cfg.logging.transcripts_per_step)
 
         selection = batching.select_for_training(episodes, cfg.algorithm.exclude_failed)
         metrics["simulator/excluded_episodes"] = float(selection.excluded_failed + selection.excluded_by_group)
-        metrics["simulator/failed_episodes"] = float(selection.excluded_failed)
+        metrics["simulator/failed_episodes"] = float(sum(e.status is EpisodeStatus.FAILED for e in episodes))
         self._check_failure_rate(metrics, episodes)
         kept = selection.kept
         metrics["critic/rewards/mean"] = _mean([e.metrics.get("score", sum(e.turn_rewards)) for e in kept])
         if not kept:
-            log.warning("step %d: every episode was excluded (simulator failures); no update", self.step)
+            log.warning("step %d: every episode was excluded (simulator failures or environment errors); no update",
+                        self.step)
             metrics["actor/skipped_update"] = 1.0
             return metrics
 
@@ -192,11 +192,11 @@ class Trainer:
             return {}
         t0 = time.perf_counter()
         n = self.config.rollout.val_n
-        sim_before = self.c.simulator.stats()
+        sim_before = self.c.simulator_stats()
         with self.progress.phase(f"validation on {len(self.val_tasks)} tasks x {n}"):
             result = await self.c.engine.run(self.val_tasks, n, seed=self.config.trainer.seed, validation=True)
         metrics = validation_metrics(result.episodes, n)
-        for key, value in simulator_delta(sim_before, self.c.simulator.stats()).items():
+        for key, value in simulator_delta(sim_before, self.c.simulator_stats()).items():
             metrics[key.replace("simulator/", "val-aux/simulator/")] = value
         metrics["timing_s/validation"] = time.perf_counter() - t0
         self.recorder.transcripts("val_step", self.step, result.episodes, self.config.logging.transcripts_per_step)
@@ -331,7 +331,7 @@ class Trainer:
         return last or (freq > 0 and self.step % freq == 0)
 
     def _summary(self, status: str, error: str | None = None) -> dict[str, Any]:
-        stats = self.c.simulator.stats()
+        stats = self.c.simulator_stats()
         return {
             "status": status,
             "error": error,
@@ -395,10 +395,12 @@ def _start_simulator_server(config: RunConfig, folder: Path, stack: contextlib.E
 
 def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: bool,
            stack: contextlib.ExitStack) -> dict[str, Any]:
-    trainer = Trainer(config, folder, recipe_path=recipe_path)
-    for backend in {id(b): b for b in (trainer.c.rollout, trainer.c.training)}.values():
-        if hasattr(backend, "close"):
-            stack.callback(backend.close)
+    try:
+        trainer = Trainer(config, folder, recipe_path=recipe_path)
+    except BaseException as exc:  # data, plugins or backends failed while the run was being built
+        _record_failed_build(config, folder, exc)
+        raise
+    stack.callback(trainer.c.close)
     status, error = "finished", None
     try:
         summary = asyncio.run(trainer.run(resume))
@@ -420,6 +422,28 @@ def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: boo
     return summary
 
 
+def _record_failed_build(config: RunConfig, folder: Path, exc: BaseException) -> None:
+    """A run that failed before its first step still leaves ``summary.json`` and ``report.md``
+    saying why."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    summary = {
+        "status": "interrupted" if interrupted else "failed",
+        "error": "interrupted by the user (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}",
+        "phase": "building the run (data, plugins, backends)",
+        "steps": 0,
+        "simulator": {"name": config.simulator.name},
+        "run_dir": str(folder),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if config.trainer.report:
+        try:
+            from userrl_core.training.report import write_report
+
+            write_report(folder)
+        except Exception as report_exc:  # the run's own error is the one to show
+            log.error("writing the report failed: %s: %s", type(report_exc).__name__, report_exc)
+
+
 def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
     """Close everything and write the summary and the report, whatever happened."""
     try:
@@ -429,7 +453,8 @@ def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
         (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         trainer.recorder.close()
         try:
-            asyncio.run(trainer.c.simulator.aclose())
+            if trainer.c.simulator is not None:
+                asyncio.run(trainer.c.simulator.aclose())
         except Exception as exc:  # closing must not hide the run's own outcome
             log.warning("closing the simulator failed: %s", exc)
         if trainer.config.trainer.report:
