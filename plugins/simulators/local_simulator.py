@@ -184,7 +184,7 @@ class LocalSimulator:
             self._fail(
                 f"the request has no structured context with 'question' and 'details' (environment {env!r}); "
                 "the local simulator only serves environments that provide one, such as IntentionGym; "
-                "use the litellm simulator for others"
+                "use the hf (offline, any environment) or litellm simulator for others"
             )
         details: list[Detail] = []
         for index, raw in enumerate(raw_details):
