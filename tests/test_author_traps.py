@@ -200,3 +200,19 @@ def test_training_one_step_without_a_simulator_through_the_cli(traps, tiny_model
     statuses = {e["task_id"]: e["status"] for e in episodes}
     assert statuses["flaky-1"] == "env_error" and statuses["bad-str"] == "env_error"
     assert "environment 'Flaky' step() for task 'flaky-1'" in result.stderr
+
+
+def test_validation_in_batches_of_val_batch_size_scores_like_one_pass(manager, smol_tokenizer):
+    from userrl_core.training.validation import run_validation
+
+    policy = SayPolicy(smol_tokenizer, "3")
+    engine = engine_for(manager, policy)
+    tasks = [task("count-3", "Countdown", target=3), task("count-5", "Countdown", target=5),
+             task("count-3b", "Countdown", target=3)]
+    whole, whole_metrics = asyncio.run(run_validation(engine, tasks, 2, seed=0, batch_size=None))
+    calls = len(policy.seen)
+    batched, batched_metrics = asyncio.run(run_validation(engine, tasks, 2, seed=0, batch_size=2))
+    assert batched_metrics == whole_metrics
+    assert whole_metrics["val-core/countdown/reward/mean@2"] == 2 / 3
+    assert [e.group for e in batched] == [0, 0, 1, 1, 2, 2]  # groups numbered over the whole pass
+    assert len(policy.seen) - calls == calls  # the same prompts, over two engine runs

@@ -15,7 +15,7 @@ from userrl_core.data import load_tasks
 from userrl_core.errors import ConfigError
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.registry import Kind
-from userrl_core.rollout import RolloutEngine
+from userrl_core.rollout import RolloutEngine, validation_metrics
 from userrl_core.types import (
     Action,
     EpisodeStatus,
@@ -262,7 +262,8 @@ def test_episodes_through_the_rollout_engine_with_the_hf_simulator(registry, smo
         assert episode.status is EpisodeStatus.FAILED and "no usable stance after 2 attempt(s)" in episode.error
         assert episode.turns[0].action == Action("answer", "It costs too much for too few people.")
     assert result.metrics["rollout/failed_episodes"] == 2.0
-    assert result.metrics["val-aux/interact_persuade/failed_episodes"] == 2.0
-    assert "val-core/interact_persuade/reward/mean@2" not in result.metrics  # no made-up score
+    validation = validation_metrics(result.episodes, 2)
+    assert validation["val-aux/interact_persuade/failed_episodes"] == 2.0
+    assert "val-core/interact_persuade/reward/mean@2" not in validation  # no made-up score
     assert simulator.stats()["calls"] == 4  # 2 episodes x (1 ask + 1 re-ask), batched
     assert simulator.batch_sizes == [2, 2]

@@ -16,7 +16,7 @@ from support.chat_templates import QWEN_STYLE_TEMPLATE
 from userrl_core.config.schema import RunConfig
 from userrl_core.errors import UnknownNameError
 from userrl_core.registry import Kind, Registry
-from userrl_core.rollout import RolloutEngine
+from userrl_core.rollout import RolloutEngine, validation_metrics
 from userrl_core.rollout.actions import INTERACT_WITH_ENV_TOOL, TOOL_NAME
 from userrl_core.types import (
     Action,
@@ -404,7 +404,7 @@ def test_mixed_environments_route_by_env_name_and_validate_per_data_source(smol_
     assert shout.turns[0].observation == "SHOUT: S1" and shout.turn_rewards == [0.5, 0.5, 0.0]
     assert sorted(type(env).__name__ for env in made) == ["EchoEnv"] * 4 + ["ShoutEnv"] * 2
     assert all(r.temperature == 0.0 and not r.do_sample for r in policy.requests)
-    metrics = result.metrics
+    metrics = validation_metrics(result.episodes, 2)
     assert metrics["val-core/echo_source/reward/mean@2"] == 2.0
     assert metrics["val-core/shout_source/reward/mean@2"] == 2.0
     assert metrics["val-aux/echo_source/turns/mean@2"] == 3.0

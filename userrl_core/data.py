@@ -239,6 +239,23 @@ def _validator_error(exc: Exception) -> tuple[str, str]:
     return getattr(exc, "field", "payload"), str(exc)
 
 
+def check_prompt_lengths(tasks: list[Task], count_tokens: Any, limit: int) -> None:
+    """Refuse a task whose opening prompt is longer than ``limit`` tokens (``data.max_prompt_length``),
+    naming its file and row, before any model memory is spent on it. ``count_tokens(messages)``
+    counts the prompt as the policy will see it (chat template and system prompt applied).
+    Tasks without a prompt (the environment writes the opening) are checked by the rollout
+    engine when the episode starts."""
+    for task in tasks:
+        if not task.prompt:
+            continue
+        length = int(count_tokens(task.prompt))
+        if length > limit:
+            raise DataError(
+                f"{task.source or 'task ' + repr(task.id)}: the prompt is {length} tokens, longer than "
+                f"data.max_prompt_length ({limit}); shorten the prompt or raise the limit"
+            )
+
+
 def load_tasks(
     paths: str | Path | list[str | Path],
     registry: Registry,

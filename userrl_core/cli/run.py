@@ -9,6 +9,7 @@ is loaded.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 import yaml
@@ -69,6 +70,8 @@ def resolved_yaml(config: RunConfig) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     config, manager = load_checked_recipe(args.recipe, args.overrides, dry_run=args.dry_run)
+    if not getattr(args, "verbose", False):  # -v (DEBUG) wins over the recipe's logging.level
+        logging.getLogger().setLevel(config.logging.level)
     if args.dry_run:
         plan = build_plan(config, manager, num_train_tasks=count_train_tasks(config, manager.registry))
         print("# Resolved config")

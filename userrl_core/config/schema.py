@@ -43,11 +43,15 @@ class DataConfig(Section):
     val_files: list[str] = Field(default_factory=list, description="Validation task files (same formats).")
     train_batch_size: int = Field(8, ge=1, description="Tasks per training step (each sampled rollout.n times).")
     val_batch_size: int | None = Field(
-        None, ge=1, description="Tasks per validation generation batch; all val tasks by default."
+        None, ge=1, description="Validation tasks run through the rollout engine at a time (their episodes advance "
+        "together); all val tasks at once by default."
     )
     val_max_tasks: int | None = Field(None, ge=1, description="Validate on the first N val tasks only.")
     train_max_tasks: int | None = Field(None, ge=1, description="Train on the first N train tasks only.")
-    max_prompt_length: int = Field(1024, ge=16, description="Opening prompts longer than this (tokens) are rejected.")
+    max_prompt_length: int = Field(
+        1024, ge=16, description="Opening prompts longer than this (tokens, chat template and system prompt "
+        "applied) are refused before training, naming the file and row (exit status 2)."
+    )
     shuffle: bool = Field(True, description="Shuffle the train tasks every epoch (seeded by trainer.seed).")
     drop_last: bool = Field(True, description="Drop the final partial batch of an epoch, as verl does.")
 
@@ -372,7 +376,10 @@ class WandbConfig(Section):
 
 
 class LoggingConfig(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Console log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Console log level of a run (userrl -v: DEBUG); INFO adds checkpoint and "
+        "resume lines."
+    )
     progress: bool = Field(True, description="Rich progress display per step.")
     transcripts_per_step: int = Field(4, ge=0, description="Episode transcripts saved per step (JSONL).")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases.")

@@ -36,7 +36,6 @@ from userrl_core.rollout.summary import (
     SIMULATOR_ERROR_KEY,
     RolloutCounters,
     rollout_metrics,
-    validation_metrics,
 )
 from userrl_core.rollout.tokens import ChatTokens
 from userrl_core.types import (
@@ -153,10 +152,11 @@ class RolloutEngine:
                 counters.mismatched_episodes += 1
         counters.total_s = time.perf_counter() - started
         episodes = [s.episode for s in live]
-        metrics = rollout_metrics(episodes, counters)
-        if validation:
-            metrics.update(validation_metrics(episodes, n))
-        return RolloutResult(episodes=episodes, metrics=metrics)
+        return RolloutResult(episodes=episodes, metrics=rollout_metrics(episodes, counters))
+
+    def opening_length(self, messages: list[Message]) -> int:
+        """Tokens of an opening as the policy sees it (system prompt and chat template applied)."""
+        return len(self.tokens.prompt_ids(opening_messages(messages, self.settings.system_prompt)))
 
     def _create(self, tasks: list[Task], n: int, seed: int) -> list[_Live]:
         factories = {}
@@ -197,6 +197,13 @@ class RolloutEngine:
                 self._env_error(state, "reset", f"returned {result!r:.80}, not a non-empty list of chat messages")
                 continue
             state.episode.messages = opening_messages(messages, self.settings.system_prompt)
+            if not state.episode.task.prompt:  # the environment wrote the opening: checked here
+                length = len(self.tokens.prompt_ids(state.episode.messages))
+                limit = self.config.data.max_prompt_length
+                if length > limit:
+                    self._env_error(state, "reset", f"wrote an opening of {length} tokens, longer than "
+                                    f"data.max_prompt_length ({limit})")
+                    continue
             state.episode.token_ids = self.tokens.prompt_ids(state.episode.messages)
             state.episode.loss_mask = [0] * len(state.ids)
             state.episode.prompt_length = len(state.ids)

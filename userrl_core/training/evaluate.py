@@ -115,8 +115,9 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     transcripts into ``out_dir`` and return what ``eval.json`` holds."""
     from userrl_core.data import load_tasks
     from userrl_core.training.metrics import episode_record, simulator_delta
-    from userrl_core.rollout import validation_metrics
+    from userrl_core.data import check_prompt_lengths
     from userrl_core.training.build import build_components
+    from userrl_core.training.validation import run_validation
 
     if n < 1:
         raise UserError(f"--n must be at least 1; got {n}")
@@ -143,20 +144,21 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     plugins = get_plugin_manager()
     tasks = load_tasks(files, plugins.registry, max_tasks=limit, env_settings=config.env).tasks
     components = build_components(config, plugins, env_names={t.env_name for t in tasks})
+    check_prompt_lengths(tasks, components.engine.opening_length, config.data.max_prompt_length)
     sim_before = components.simulator_stats()
 
     async def run_all():
         try:
-            return await components.engine.run(tasks, n, seed=config.trainer.seed, validation=True)
+            return await run_validation(components.engine, tasks, n, seed=config.trainer.seed,
+                                        batch_size=config.data.val_batch_size)
         finally:
             if components.simulator is not None:
                 await components.simulator.aclose()
 
     try:
-        episodes = asyncio.run(run_all()).episodes
+        episodes, metrics = asyncio.run(run_all())
     finally:
         components.close()
-    metrics = validation_metrics(episodes, n)
     simulator = simulator_delta(sim_before, components.simulator_stats())
     for key, value in simulator.items():
         metrics[key.replace("simulator/", "val-aux/simulator/")] = value

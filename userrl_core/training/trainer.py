@@ -30,11 +30,10 @@ import yaml
 
 from userrl_core.algorithms.advantages import grpo_multiturn_advantages
 from userrl_core.config import RunConfig, apply_changes, check_plugin_names
-from userrl_core.data import load_tasks
+from userrl_core.data import check_prompt_lengths, load_tasks
 from userrl_core.errors import RunStopped, Terminated, UserError
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.registry import Kind
-from userrl_core.rollout import validation_metrics
 from userrl_core.run import RunHandle
 from userrl_core.training import batching
 from userrl_core.training.build import Components, build_components
@@ -43,6 +42,7 @@ from userrl_core.training.geometry import plan_geometry
 from userrl_core.training.metrics import RunRecorder, simulator_delta
 from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.training.val_reward import validation_reward
+from userrl_core.training.validation import run_validation
 from userrl_core.types import Episode, EpisodeStatus, Task
 
 log = logging.getLogger("userrl")
@@ -80,6 +80,8 @@ class Trainer:
         self.steps_per_epoch, self.total_steps = geometry.steps_per_epoch, geometry.total_steps
         env_names = {t.env_name for t in [*self.train_tasks, *self.val_tasks]}
         self.c = components or build_components(config, plugins, total_steps=self.total_steps, env_names=env_names)
+        check_prompt_lengths([*self.train_tasks, *self.val_tasks], self.c.engine.opening_length,
+                             config.data.max_prompt_length)
         self.handle = RunHandle(config=config, run_dir=run_dir)
         self.checkpoints = CheckpointManager(run_dir, keep_last=config.trainer.max_ckpt_to_keep)
         self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
@@ -194,12 +196,12 @@ class Trainer:
         n = self.config.rollout.val_n
         sim_before = self.c.simulator_stats()
         with self.progress.phase(f"validation on {len(self.val_tasks)} tasks x {n}"):
-            result = await self.c.engine.run(self.val_tasks, n, seed=self.config.trainer.seed, validation=True)
-        metrics = validation_metrics(result.episodes, n)
+            episodes, metrics = await run_validation(self.c.engine, self.val_tasks, n, seed=self.config.trainer.seed,
+                                                     batch_size=self.config.data.val_batch_size)
         for key, value in simulator_delta(sim_before, self.c.simulator_stats()).items():
             metrics[key.replace("simulator/", "val-aux/simulator/")] = value
         metrics["timing_s/validation"] = time.perf_counter() - t0
-        self.recorder.transcripts("val_step", self.step, result.episodes, self.config.logging.transcripts_per_step)
+        self.recorder.transcripts("val_step", self.step, episodes, self.config.logging.transcripts_per_step)
         self.last_val = metrics
         score = validation_reward(metrics)
         if score is not None and (self.handle.best_score is None or score > self.handle.best_score):
