@@ -19,7 +19,7 @@ GPU_SITE ?= /tmp/userrl-gpu-site
 GPU_SMOKE_OUT ?= gpu_smoke.json
 GPU_SMOKE_ARGS ?=
 
-.PHONY: install quickstart test bench gpu-smoke clean
+.PHONY: install quickstart test bench gpu-smoke gpu-run-check clean
 
 install: $(STAMP)
 
@@ -46,6 +46,13 @@ gpu-smoke:
 	  for w in $(WHEELS)/*.whl; do $(PYTHON) -m zipfile -e "$$w" $(GPU_SITE) || exit 2; done; \
 	fi
 	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_smoke.py --out $(GPU_SMOKE_OUT) $(GPU_SMOKE_ARGS)
+
+# gpu-run-check: `userrl run` end to end on one device with a tiny model folder
+# (build it with `python3 benchmarks/gpu_run_check.py --make-model DIR`).
+MODEL ?= .gpu_e2e/model
+DEVICE ?= cuda
+gpu-run-check:
+	$(PYTHON) benchmarks/gpu_run_check.py --device $(DEVICE) --model $(MODEL) --out gpu_run_check.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
