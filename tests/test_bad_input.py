@@ -45,3 +45,33 @@ def test_a_train_batch_larger_than_the_task_set_is_refused_by_the_plan():
         plan_geometry(config, 380)
     geometry, _ = plan_geometry(load_recipe(QUICKSTART, []), 380)
     assert geometry.steps_per_epoch == 95
+
+
+def test_an_empty_model_folder_is_one_line_naming_the_key(tmp_path):
+    """Finding 11 of the reliability review: an existing but empty model folder gave a 34-line
+    traceback and exit 1; now `userrl run` stops in the requirements check with exit 2."""
+    import subprocess
+    import sys
+
+    empty = tmp_path / "model"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "-m", "userrl_core.cli", "run", QUICKSTART, f"model.path={empty}",
+                             "--run-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.path" in lines[0] and "config.json" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_non_finite_update_stops_the_run_before_a_checkpoint():
+    """Finding 10: NaN/inf in the update's loss or gradient norm stops the run (status
+    stopped, exit 3) before the checkpoint of that step is written."""
+    from types import SimpleNamespace
+
+    from userrl_core.errors import RunStopped
+    from userrl_core.training.trainer import Trainer
+
+    fake = SimpleNamespace(step=4)
+    Trainer._check_finite_update(fake, {"actor/pg_loss": 0.25, "actor/grad_norm": 1.5, "critic/score/mean": 0.1})
+    with pytest.raises(RunStopped, match=r"step 4: .*actor/grad_norm, actor/pg_loss.*before writing a checkpoint"):
+        Trainer._check_finite_update(fake, {"actor/pg_loss": float("nan"), "actor/grad_norm": float("inf")})

@@ -80,3 +80,35 @@ def test_keep_last_must_be_positive(tmp_path):
     for step in range(1, 5):
         manager.save(step, writer("w"))
     assert manager.steps() == [1, 2, 3, 4]
+
+
+def test_a_crash_between_the_two_renames_of_best_is_recovered_on_start_up(tmp_path, monkeypatch):
+    """Finding 8 of the reliability review: a crash after the old best was renamed away and
+    before the new one was renamed in left no `best` and an `.old-best-*` nobody cleaned up."""
+    import os
+
+    from userrl_core.training import checkpoint
+
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save_best(2, 0.5, writer("old best"))
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies between the two renames
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save_best(6, 0.7, writer("new best"))
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    root = tmp_path / "checkpoints"
+    assert not (root / "best").exists() and list(root.glob(".old-best-*"))
+
+    restarted = CheckpointManager(tmp_path, keep_last=1)
+    assert restarted.best() == root / "best"
+    assert restarted.read_meta(restarted.best()) == {"step": 2, "val_score": 0.5}
+    assert (restarted.best() / "hf" / "weights.txt").read_text() == "old best"
+    assert not list(root.glob(".old-*"))

@@ -146,6 +146,10 @@ def test_sigterm_writes_summary_and_report_stops_the_server_and_exits_143(tmp_pa
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "terminated"
     assert "SIGTERM" in summary["error"]
+    # the signal came during step 1: no step finished (finding 9: the summary said 1)
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
+    assert summary["steps"] == max(logged, default=0)
     assert (run_dir / "report.md").is_file()
     assert "terminated" in (run_dir / "report.md").read_text()
     wait_for(lambda: not any(alive(p) for p in family + server_pids), 15, "every process of the run to end")

@@ -63,6 +63,10 @@ class StepStatus(str, enum.Enum):
     SIMULATOR_FAILED = "simulator_failed"  # retries exhausted: no reward may be produced
 
 
+UNUSABLE_REPLIES_KEY = "simulator/unusable_replies"
+"""``StepResult.info`` key: simulator replies of this step the environment could not parse."""
+
+
 @dataclass
 class StepResult:
     """The environment's answer to one action.

@@ -41,6 +41,7 @@ from userrl_core.types import (
     StepResult,
     StepStatus,
     Task,
+    UNUSABLE_REPLIES_KEY,
 )
 from userrl_plugins.intentiongym import prompts
 from userrl_plugins.intentiongym.judge import Duplicates, JudgeFormat, JudgeReplyError, JudgeVerdict, parse_judge_reply
@@ -148,6 +149,7 @@ class IntentionGymEnv:
         self.duplicates = 0
         self.unrelated = 0
         self.judge_reasks = 0
+        self._unusable_replies = 0  # judge replies of the current step that could not be parsed
 
     # ------------------------------------------------------------------ protocol
 
@@ -219,6 +221,7 @@ class IntentionGymEnv:
             context=context,
             response_format="json",
         )
+        self._unusable_replies = 0
         reply, judged = await asyncio.gather(
             self.simulator.complete(reply_request),
             self._judge(judge_request, {label for label, _ in shown}),
@@ -261,6 +264,7 @@ class IntentionGymEnv:
         info["judge/duplicates"] = verdict.duplicates
         info["judge/task_related"] = verdict.task_related
         info["simulator/calls"] = 1 + judge_calls
+        info[UNUSABLE_REPLIES_KEY] = self._unusable_replies
         return StepResult(observation=self._observe(text, reward), reward=reward, done=self.done, info=info)
 
     async def _judge(self, request: SimulatorRequest, labels: set[int]) -> tuple[JudgeVerdict, int]:
@@ -277,6 +281,7 @@ class IntentionGymEnv:
                 )
                 return verdict, attempt + 1
             except JudgeReplyError as exc:
+                self._unusable_replies += 1
                 problem = str(exc)
                 request = SimulatorRequest(
                     purpose="judge",
@@ -292,6 +297,7 @@ class IntentionGymEnv:
         self.done = True
         self.failed = True
         info = self._info([], "failed")
+        info[UNUSABLE_REPLIES_KEY] = self._unusable_replies
         return StepResult(
             observation="", reward=None, done=True, info=info, status=StepStatus.SIMULATOR_FAILED, error=error
         )

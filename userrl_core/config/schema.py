@@ -173,6 +173,9 @@ class TrainerConfig(Section):
         0.5, ge=0.0, le=1.0,
         description="Stop the run when a step's share of failed simulator turns passes this.",
     )
+    max_steps_without_update: int = Field(
+        3, ge=1, description="Stop the run after this many steps in a row whose every episode failed (no update ran)."
+    )
     report: bool = Field(True, description="Write report.md and plots at the end of the run.")
 
 

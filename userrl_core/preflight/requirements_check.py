@@ -129,7 +129,13 @@ def find_missing(
     if config.actor.backend == "fsdp" and needed and not _safe_available(module_available, RAY_EXTRA[0]):
         missing.append(Missing("actor.backend", "the fsdp backend places GPU ranks with Ray", RAY_EXTRA[1]))
 
-    if not model_is_available(config.model.path):
+    model_folder = Path(config.model.path).expanduser()
+    if model_folder.is_dir() and not (model_folder / "config.json").is_file():
+        missing.append(Missing(
+            "model.path", f"folder {config.model.path!r} holds no config.json (an empty or unfinished download?)",
+            "download the model into it again, or point model.path at the folder that holds config.json",
+        ))
+    elif not model_is_available(config.model.path):
         missing.append(Missing(
             "model.path", f"model {config.model.path!r} is neither a local folder nor in the local Hugging Face cache",
             "download it first and pass its folder, e.g. USERRL_MODEL_PATH=/models/Qwen3-4B",

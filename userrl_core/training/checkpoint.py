@@ -5,6 +5,11 @@ folder next to its final place and then renamed, so a crash mid-write leaves no 
 checkpoint (only a ``.tmp-*`` folder, removed on the next save). ``meta.json`` is written by
 the manager last. Step checkpoints are ``step_000005``; only the last ``keep_last`` are kept.
 ``best`` holds the checkpoint with the highest validation reward and is never rotated.
+
+Replacing an existing folder takes two renames (the old one into ``.old-<name>-*/``, the new
+one into place). A crash between them leaves no ``<name>`` and the old copy aside; the manager
+puts that copy back when it is created (on start-up and resume) and before every save, so a
+later roll-back always has its target.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ class CheckpointManager:
             raise ValueError(f"keep_last must be at least 1 (or None to keep all); got {keep_last}")
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.recover()
+
+    def recover(self) -> list[Path]:
+        """Finish swaps a crash interrupted: a folder whose old copy waits in ``.old-<name>-*``
+        and that is missing itself is put back; old copies whose folder exists are removed.
+        Returns the folders put back."""
+        restored: list[Path] = []
+        if not self.root.is_dir():
+            return restored
+        for holder in sorted(self.root.glob(".old-*")):
+            for old in [p for p in holder.iterdir() if p.is_dir()] if holder.is_dir() else []:
+                target = self.root / old.name
+                if not target.exists() and (old / META_FILE).is_file():
+                    os.replace(old, target)
+                    restored.append(target)
+            shutil.rmtree(holder, ignore_errors=True)
+        return restored
 
     # ------------------------------------------------------------------ writing
 
@@ -72,6 +94,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _remove_leftovers(self) -> None:
+        self.recover()
         for path in self.root.glob(".tmp-*"):
             shutil.rmtree(path, ignore_errors=True)
 

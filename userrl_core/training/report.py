@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from userrl_core.errors import UserError
+from userrl_core.redaction import redact
 from userrl_core.training.val_reward import validation_reward
 
 TRAIN_REWARD_KEYS = ("critic/rewards/mean", "critic/score/mean")
@@ -597,6 +598,6 @@ def write_report(run_dir: str | Path) -> Path:
         plots.append((name, caption))
     path = data.run_dir / "report.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render_markdown(data, plots), encoding="utf-8")
+    tmp.write_text(redact(render_markdown(data, plots)), encoding="utf-8")
     tmp.replace(path)
     return path

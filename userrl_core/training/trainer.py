@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from datetime import datetime
@@ -33,13 +34,14 @@ from userrl_core.config import RunConfig, apply_changes, check_plugin_names
 from userrl_core.data import check_prompt_lengths, load_tasks
 from userrl_core.errors import RunStopped, Terminated, UserError
 from userrl_core.plugins import get_plugin_manager
+from userrl_core.redaction import redact, redact_config
 from userrl_core.registry import Kind
 from userrl_core.run import RunHandle
 from userrl_core.training import batching
 from userrl_core.training.build import Components, build_components
 from userrl_core.training.checkpoint import CheckpointManager
 from userrl_core.training.geometry import plan_geometry
-from userrl_core.training.metrics import RunRecorder, simulator_delta
+from userrl_core.training.metrics import RunRecorder, count_failed_turns, simulator_delta
 from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.training.val_reward import validation_reward
 from userrl_core.training.validation import run_validation
@@ -87,6 +89,12 @@ class Trainer:
         self.recorder = RunRecorder(run_dir, config, wandb_enabled=config.logging.wandb.enabled,
                                     wandb_mode=config.logging.wandb.mode)
         self.step = 0
+        self.completed_step = 0  # the last step whose metrics were logged (what the summary reports)
+        self.steps_without_update = 0
+        self._stop_after_step: str | None = None
+        self.failed_turns = 0.0
+        self.unusable_replies = 0.0
+        self.unusable_reply_failures = 0.0
         self.epoch = 0
         self.batch_index = 0
         self.last_val: dict[str, float] = {}
@@ -119,6 +127,7 @@ class Trainer:
         metrics: dict[str, float] = dict(result.metrics)
         metrics.update(simulator_delta(sim_before, self.c.simulator_stats()))
         episodes = result.episodes
+        self._count_failures(metrics, episodes)
         self.recorder.transcripts("step", self.step, episodes, cfg.logging.transcripts_per_step)
 
         selection = batching.select_for_training(episodes, cfg.algorithm.exclude_failed)
@@ -128,10 +137,20 @@ class Trainer:
         kept = selection.kept
         metrics["critic/rewards/mean"] = _mean([e.metrics.get("score", sum(e.turn_rewards)) for e in kept])
         if not kept:
-            log.warning("step %d: every episode was excluded (simulator failures or environment errors); no update",
-                        self.step)
+            self.steps_without_update += 1
+            limit = cfg.trainer.max_steps_without_update
+            log.warning("step %d: every episode was excluded (simulator failures or environment errors); no update "
+                        "(%d in a row)", self.step, self.steps_without_update)
             metrics["actor/skipped_update"] = 1.0
+            if self.steps_without_update >= limit:
+                last = next((e.error for e in reversed(episodes) if e.error), "no error text recorded")
+                self._stop_after_step = (
+                    f"step {self.step}: no update in the last {self.steps_without_update} step(s) (limit "
+                    f"trainer.max_steps_without_update={limit}): every episode failed in the simulator; last "
+                    f"error: {last}"
+                )
             return metrics
+        self.steps_without_update = 0
 
         rewards, turn_mask = batching.turn_tensors(kept)
         gamma = cfg.algorithm.gamma
@@ -160,6 +179,7 @@ class Trainer:
         t2 = time.perf_counter()
         with self.progress.phase(f"step {self.step}/{self.total_steps}: update ({len(kept)} episodes)"):
             metrics.update(self.c.training.update(batch))
+        self._check_finite_update(metrics)
         t3 = time.perf_counter()
         self.c.rollout.sync_weights(self.c.training)
         t4 = time.perf_counter()
@@ -174,13 +194,34 @@ class Trainer:
         })
         return metrics
 
+    def _count_failures(self, metrics: dict[str, float], episodes: list[Episode],
+                        prefix: str = "simulator/") -> None:
+        """Every failed turn counts as a simulator failure (see ``count_failed_turns``); the run's
+        totals for the summary are kept here."""
+        transport = metrics.get(prefix + "failures", 0.0)
+        count_failed_turns(metrics, episodes, prefix)
+        self.unusable_reply_failures += metrics[prefix + "failures"] - transport
+        self.failed_turns += metrics[prefix + "failed_turns"]
+        self.unusable_replies += metrics[prefix + "unusable_replies"]
+
+    def _check_finite_update(self, metrics: dict[str, float]) -> None:
+        """A non-finite loss or gradient norm poisons the weights: stop before a checkpoint
+        is written or the rollout engine gets them."""
+        bad = sorted(k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float)
+                     and not math.isfinite(v))
+        if bad:
+            raise RunStopped(
+                f"step {self.step}: the update produced non-finite values ({', '.join(bad)}); stopped before "
+                f"writing a checkpoint (lower actor.lr or actor.grad_clip, or check the data)"
+            )
+
     def _check_failure_rate(self, metrics: dict[str, float], episodes: list[Episode]) -> None:
         rate = metrics.get("simulator/failure_rate", 0.0)
         limit = self.config.trainer.max_simulator_failure_rate
         if rate > limit:
             last = next((e.error for e in reversed(episodes) if e.error), "no error text recorded")
             raise RunStopped(
-                f"step {self.step}: {rate:.0%} of simulator calls failed (limit "
+                f"step {self.step}: {rate:.0%} of simulator turns failed (limit "
                 f"trainer.max_simulator_failure_rate={limit:.0%}); simulator {self.config.simulator.name!r}, "
                 f"last error: {last}"
             )
@@ -200,6 +241,7 @@ class Trainer:
                                                      batch_size=self.config.data.val_batch_size)
         for key, value in simulator_delta(sim_before, self.c.simulator_stats()).items():
             metrics[key.replace("simulator/", "val-aux/simulator/")] = value
+        self._count_failures(metrics, episodes, prefix="val-aux/simulator/")
         metrics["timing_s/validation"] = time.perf_counter() - t0
         self.recorder.transcripts("val_step", self.step, episodes, self.config.logging.transcripts_per_step)
         self.last_val = metrics
@@ -237,6 +279,7 @@ class Trainer:
         self.c.rollout.sync_weights(self.c.training)
         state = torch.load(folder / TRAINER_STATE, weights_only=False)
         self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+        self.completed_step = self.step
         self.handle.best_step, self.handle.best_score = state["best_step"], state["best_score"]
         self.handle.rollbacks = state.get("rollbacks", 0)
         random.setstate(state["rng"]["python"])
@@ -254,7 +297,7 @@ class Trainer:
         self.c.training.apply_config(self.config)
         self.handle.config = self.config
         log.warning("rolled back from step %d to best step %d with changes %s", step_now, self.step, changes)
-        self.step = step_now  # the step counter keeps counting: metrics stay monotonic
+        self.step = self.completed_step = step_now  # the step counter keeps counting: metrics stay monotonic
 
     # ------------------------------------------------------------ hooks
 
@@ -266,7 +309,7 @@ class Trainer:
     def _write_decisions(self) -> None:
         with (self.run_dir / "decisions.jsonl").open("w", encoding="utf-8") as f:
             for decision in self.handle.decisions:
-                f.write(json.dumps(decision.as_dict(), default=str) + "\n")
+                f.write(redact(json.dumps(decision.as_dict(), default=str)) + "\n")
 
     def _act_on_pending(self) -> None:
         decision, self.handle.pending = self.handle.pending, None
@@ -286,6 +329,10 @@ class Trainer:
             if latest is None:
                 raise UserError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
             self._restore(latest)
+            dropped = self.recorder.truncate_after(self.step)
+            if dropped:
+                log.warning("resume: %d metrics line(s) past checkpoint step %d moved to metrics.discarded.jsonl",
+                            dropped, self.step)
             self.batch_index += 1
             if self.batch_index >= self.steps_per_epoch:
                 self.epoch, self.batch_index = self.epoch + 1, 0
@@ -323,9 +370,12 @@ class Trainer:
             metrics["perf/throughput"] = metrics.get("perf/total_num_tokens", 0.0) / max(elapsed, 1e-9)
             metrics["training/epoch"] = float(self.epoch)
             self.recorder.log(self.step, self.epoch, metrics)
+            self.completed_step = self.step
             self.progress.step(self.step, metrics)
             self._hooks("on_step_end", step=self.step, metrics=metrics)
             self._act_on_pending()
+            if self._stop_after_step:
+                raise RunStopped(self._stop_after_step)
             self.batch_index += 1
         return self._summary("finished")
 
@@ -333,11 +383,17 @@ class Trainer:
         return last or (freq > 0 and self.step % freq == 0)
 
     def _summary(self, status: str, error: str | None = None) -> dict[str, Any]:
-        stats = self.c.simulator_stats()
+        stats = dict(self.c.simulator_stats())
+        # the simulator counts calls that raised; replies the environment could not use are
+        # failures too (docs/simulators.md)
+        stats["transport_failures"] = stats.get("failures", 0.0)
+        stats["failures"] = stats["transport_failures"] + self.unusable_reply_failures
+        stats["unusable_replies"] = self.unusable_replies
+        stats["failed_turns"] = self.failed_turns
         return {
             "status": status,
             "error": error,
-            "steps": self.step,
+            "steps": self.completed_step,
             "total_steps": self.total_steps,
             "best_step": self.handle.best_step,
             "best_val_reward": self.handle.best_score,
@@ -365,7 +421,7 @@ def _run_dir(config: RunConfig, run_dir: str | None) -> Path:
 def _write_config(config: RunConfig, run_dir: Path) -> None:
     """The resolved config; it holds variable names for secrets, never their values."""
     with (run_dir / "config.yaml").open("w", encoding="utf-8") as f:
-        yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
+        yaml.safe_dump(redact_config(config.model_dump(mode="json")), f, sort_keys=False)
 
 
 def run_training(config: RunConfig, *, recipe_path: str | None = None, resume: bool = False,
@@ -452,8 +508,7 @@ def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
         trainer._hooks("on_run_end", status=summary["status"], summary=summary)
     finally:
         summary["decisions"] = [d.as_dict() for d in trainer.handle.decisions]
-        (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        trainer.recorder.close()
+        (trainer.run_dir / "summary.json").write_text(redact(json.dumps(summary, indent=2, default=str)))
         try:
             if trainer.c.simulator is not None:
                 asyncio.run(trainer.c.simulator.aclose())
@@ -467,3 +522,4 @@ def _finish(trainer: Trainer, summary: dict[str, Any]) -> None:
                 summary["report"] = str(path)
             except Exception as exc:  # a report failure must not hide the run's own outcome
                 log.error("writing the report failed: %s: %s", type(exc).__name__, exc)
+        trainer.recorder.close(plots=sorted((trainer.run_dir / "plots").glob("*.png")))
