@@ -134,6 +134,8 @@ def recipe_checks(recipe: str, overrides: Sequence[str], manager: Any) -> list[C
     if key_env and not any(m.key == "simulator.api_key_env" for m in missing):
         checks.append(Check("simulator.api_key_env", "pass", f"{key_env} is set"))
 
+    checks += wandb_checks(config)
+
     for key, files in (("data.train_files", config.data.train_files), ("data.val_files", config.data.val_files)):
         for index, name in enumerate(files):
             present = Path(name).expanduser().is_file()
@@ -159,6 +161,25 @@ def recipe_checks(recipe: str, overrides: Sequence[str], manager: Any) -> list[C
                 required=True,
             ))
     return checks
+
+
+def wandb_checks(config: Any, environ: dict[str, str] | None = None) -> list[Check]:
+    """wandb: installed when the recipe logs to it; online mode needs a key (else the run logs
+    offline, with one warning line: information here, not a failure)."""
+    wandb_config = config.logging.wandb
+    if not wandb_config.enabled:
+        return []
+    from importlib.util import find_spec
+
+    from userrl_core.training.metrics import wandb_has_credentials
+
+    if find_spec("wandb") is None:
+        return [Check("logging.wandb", "fail", "wandb is not installed (pip install 'userrl[wandb]')", required=True)]
+    if wandb_config.mode == "online" and not wandb_has_credentials(environ):
+        return [Check("logging.wandb", "info", "WANDB_API_KEY is not set (and no `wandb login`): the run will log "
+                      "offline into its folder; `wandb sync` uploads it later")]
+    return [Check("logging.wandb", "pass", f"wandb {wandb_config.mode}"
+                  + (" (WANDB_API_KEY is set)" if wandb_config.mode == "online" else ""))]
 
 
 def run_doctor(recipe: str | None = None, overrides: Sequence[str] = ()) -> list[Check]:

@@ -122,7 +122,7 @@ class RunRecorder:
                 dir=str(self.run_dir),
                 mode=mode,
                 config=redact_config(config.model_dump(mode="json")),
-                settings=wandb.Settings(console="off", silent=True),
+                settings=wandb.Settings(console="off", silent=True, disable_git=True, save_code=False),
             )
         except Exception as exc:  # a logging service must not take the training run down
             log.warning("wandb did not start (%s: %s); training continues without it (metrics.jsonl has everything)",
