@@ -143,6 +143,14 @@ class TaskSet:
             out[task.env_name] = out.get(task.env_name, 0) + 1
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """Tasks loaded per environment and rows skipped per environment (for summary.json and
+        the report): ``{"loaded": {env: n}, "skipped": {env: n}, "files": [...]}``."""
+        skipped: dict[str, int] = {}
+        for entry in self.skipped:
+            skipped[entry.env_name] = skipped.get(entry.env_name, 0) + entry.count
+        return {"loaded": self.counts(), "skipped": skipped, "files": list(self.files)}
+
     def report(self) -> str:
         by_env = ", ".join(f"{name}: {n}" for name, n in sorted(self.counts().items())) or "none"
         names = ", ".join(Path(f).name for f in self.files)

@@ -38,8 +38,11 @@ def eval_command(args: argparse.Namespace) -> int:
     reward = result["reward"]
     print(f"{result['tasks']} tasks x {result['n']} samples: reward {reward if reward is None else f'{reward:.4f}'}"
           f" (failed episodes {result['failed_episodes']}, simulator cost ${result['simulator'].get('cost_usd', 0.0):.4f})")
+    from userrl_core.training.evaluate import score_table
+
     for key, value in sorted(result["metrics"].items()):
         if key.startswith("val-core/"):
             print(f"  {key} = {value:.4f}")
-    print(f"eval.json: {result['out_dir']}/eval.json")
+    print(score_table(result["per_source"]))
+    print(f"eval.json and scores.md: {result['out_dir']}/")
     return 0

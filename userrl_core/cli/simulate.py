@@ -72,7 +72,7 @@ def _settings(args: argparse.Namespace, needs_simulator: bool
     from userrl_core.config import load_recipe
 
     config = load_recipe(args.recipe, args.overrides)
-    system_prompt = config.rollout.system_prompt
+    system_prompt = config.rollout.system_prompts.get(args.env_name, config.rollout.system_prompt)
     name = args.simulator or (config.simulator.name if needs_simulator else NO_SIMULATOR)
     if name == NO_SIMULATOR:
         return None, config.env, system_prompt

@@ -87,6 +87,11 @@ class RolloutConfig(Section):
         description="Replaces the dataset's system message (e.g. a short plain-text instruction for small models "
         "whose dataset prompt describes tool calls).",
     )
+    system_prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-environment system messages by env_name (e.g. {FunctionGym: '...'}); they win over "
+        "system_prompt for that environment's tasks (a mixed-gym run gives each gym its own instruction).",
+    )
     generation_batch_size: int | None = Field(
         None, ge=1, description="Sequences per generate call (transformers backend); all live episodes by default."
     )

@@ -196,7 +196,8 @@ class RolloutEngine:
             if messages is None:
                 self._env_error(state, "reset", f"returned {result!r:.80}, not a non-empty list of chat messages")
                 continue
-            state.episode.messages = opening_messages(messages, self.settings.system_prompt)
+            prompt = self.settings.system_prompts.get(state.episode.task.env_name, self.settings.system_prompt)
+            state.episode.messages = opening_messages(messages, prompt)
             if not state.episode.task.prompt:  # the environment wrote the opening: checked here
                 length = len(self.tokens.prompt_ids(state.episode.messages))
                 limit = self.config.data.max_prompt_length

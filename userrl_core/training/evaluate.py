@@ -7,7 +7,8 @@ exactly as the trainer builds them (:func:`userrl_core.training.build.build_comp
 ``model.path`` pointed at the checkpoint, and each task runs ``n`` times at the validation
 temperature. The result (``eval.json``) carries ``val-core/<data_source>/reward/mean@n`` and the
 ``val-aux`` metrics validation logs, the mean over data sources (the number the best checkpoint
-is chosen by), per-category means, coverage, turns, simulator errors and cost; every episode goes
+is chosen by), the per-gym score table (:func:`per_source`, also written as ``scores.md``),
+per-category means, coverage, turns, simulator errors and cost; every episode goes
 to ``transcripts/``.
 """
 
@@ -102,6 +103,43 @@ def per_category(episodes: list[Episode]) -> dict[str, dict[str, float]]:
     return out
 
 
+def per_source(episodes: list[Episode]) -> dict[str, dict[str, Any]]:
+    """UserRL's per-gym scores: an episode's score is the sum of its turn rewards
+    (``eval/analyze.py``); a task's score is the mean over its samples, a data source's the mean
+    over its tasks. Failed episodes (a simulator or search failure) have no score: they are
+    counted, per data source, and left out of the mean (UserRL would count them as 0)."""
+    groups: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.task.data_source, []).append(episode)
+    out: dict[str, dict[str, Any]] = {}
+    for source, group in sorted(groups.items()):
+        ok = [e for e in group if e.status is not EpisodeStatus.FAILED]
+        by_task: dict[int, list[float]] = {}
+        for episode in ok:
+            by_task.setdefault(episode.group, []).append(float(sum(episode.turn_rewards)))
+        out[source] = {
+            "env_name": ", ".join(sorted({e.task.env_name for e in group})),
+            "tasks": len({e.group for e in group}),
+            "episodes": len(group),
+            "failed_episodes": len(group) - len(ok),
+            "score": float(np.mean([np.mean(v) for v in by_task.values()])) if by_task else None,
+            "turns": float(np.mean([len(e.turns) for e in ok])) if ok else None,
+        }
+    return out
+
+
+def score_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The per-gym scores as a Markdown table (printed by ``userrl eval`` and written to scores.md)."""
+    lines = ["| data source | environment | tasks | episodes | failed | score (mean of episode sums) | turns |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for source, row in rows.items():
+        score = "n/a" if row["score"] is None else f"{row['score']:.4f}"
+        turns = "n/a" if row["turns"] is None else f"{row['turns']:.2f}"
+        lines.append(f"| {source} | {row['env_name']} | {row['tasks']} | {row['episodes']} | "
+                     f"{row['failed_episodes']} | {score} | {turns} |")
+    return "\n".join(lines)
+
+
 def default_out_dir(model_dir: Path, run_dir: Path | None, split: str, n: int) -> Path:
     checkpoint = model_dir.parent if model_dir.name == "hf" else model_dir
     base = run_dir if run_dir is not None else checkpoint
@@ -142,7 +180,8 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     from userrl_core.plugins import get_plugin_manager
 
     plugins = get_plugin_manager()
-    tasks = load_tasks(files, plugins.registry, max_tasks=limit, env_settings=config.env).tasks
+    task_set = load_tasks(files, plugins.registry, max_tasks=limit, env_settings=config.env)
+    tasks = task_set.tasks
     components = build_components(config, plugins, env_names={t.env_name for t in tasks})
     check_prompt_lengths(tasks, components.engine.opening_length, config.data.max_prompt_length)
     sim_before = components.simulator_stats()
@@ -183,6 +222,8 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
         "failed_episodes": len(episodes) - len(ok),
         "reward": validation_reward(metrics),
         "metrics": metrics,
+        "per_source": per_source(episodes),
+        "skipped_rows": task_set.summary()["skipped"],
         "per_category": per_category(episodes),
         "coverage": float(np.mean([e.metrics["coverage"] for e in ok if "coverage" in e.metrics]))
         if any("coverage" in e.metrics for e in ok) else None,
@@ -194,4 +235,5 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
         "out_dir": str(out),
     }
     (out / "eval.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    (out / "scores.md").write_text(score_table(result["per_source"]) + "\n", encoding="utf-8")
     return result

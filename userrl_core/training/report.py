@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,39 @@ def plot_rewards(data: RunData, path: Path) -> Path:
     return path
 
 
+_VAL_SOURCE = re.compile(r"^val-core/(?P<source>.+)/reward/mean@(?P<n>\d+)$")
+
+
+def validation_by_source(data: RunData) -> dict[str, tuple[list[int], list[float]]]:
+    """Validation reward per data source (``val-core/<source>/reward/mean@n``), by step: one
+    curve per gym of a mixed run."""
+    keys = sorted({key for line in data.metrics for key in line if _VAL_SOURCE.match(key)})
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for key in keys:
+        steps, values = data.series(key)
+        if steps:
+            out[_VAL_SOURCE.match(key)["source"]] = (steps, values)
+    return out
+
+
+def plot_validation_by_source(data: RunData, path: Path) -> Path:
+    fig, (ax,) = _figure(1, height=4.0)
+    curves = validation_by_source(data)
+    for source, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", linewidth=1.4, label=source)
+    if curves:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+    _mark_decisions(ax, data.decisions, label=False)
+    ax.set_title("Validation reward per data source (val-core/<data_source>/reward/mean@n)")
+    _step_axis(ax)
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
 def plot_response_length(data: RunData, path: Path) -> Path:
     fig, (ax,) = _figure(1)
     plotted = False
@@ -261,6 +295,7 @@ def plot_simulator(data: RunData, path: Path) -> Path:
 
 PLOTS = (
     ("reward.png", plot_rewards, "Train and validation reward, best point and guard decisions"),
+    ("validation_by_source.png", plot_validation_by_source, "Validation reward per data source"),
     ("response_length.png", plot_response_length, "Response length"),
     ("actor.png", plot_actor, "Entropy, pg_loss and grad_norm"),
     ("throughput.png", plot_throughput, "Throughput and time per step"),
@@ -548,6 +583,32 @@ def _summary_rows(data: RunData) -> list[list[Any]]:
     return rows
 
 
+def source_rows(data: RunData) -> list[list[Any]]:
+    """Per data source: first and last validation reward (with their steps), best, and failed
+    episodes at the last validation."""
+    rows = []
+    for source, (steps, values) in validation_by_source(data).items():
+        failed = data.value_at(f"val-aux/{source}/failed_episodes", steps[-1])
+        rows.append([source, f"{_fmt(values[0])} (step {steps[0]})", f"{_fmt(values[-1])} (step {steps[-1]})",
+                     _fmt(max(values)), _fmt(failed)])
+    return rows
+
+
+def task_rows(data: RunData) -> list[list[Any]]:
+    """Tasks loaded and rows skipped per split and environment (summary.json's ``tasks``)."""
+    tasks = (data.summary or {}).get("tasks")
+    rows: list[list[Any]] = []
+    if not isinstance(tasks, dict):
+        return rows
+    for split, entry in tasks.items():
+        if not isinstance(entry, dict):
+            continue
+        loaded, skipped = entry.get("loaded") or {}, entry.get("skipped") or {}
+        for env in sorted(set(loaded) | set(skipped)):
+            rows.append([split, env, loaded.get(env, 0), skipped.get(env, 0)])
+    return rows
+
+
 def render_markdown(data: RunData, plots: list[tuple[str, str]]) -> str:
     validations = data.validations()
     best_step = max(validations, key=lambda p: p[1])[0] if validations else (data.summary or {}).get("best_step")
@@ -560,6 +621,14 @@ def render_markdown(data: RunData, plots: list[tuple[str, str]]) -> str:
     if data.problems:
         lines += ["Could not read everything: " + "; ".join(data.problems) + ".", ""]
     lines += ["## Summary", "", *_table(["", ""], _summary_rows(data)), ""]
+    tasks = task_rows(data)
+    if tasks:
+        lines += ["## Tasks", "", "Rows whose environment is not installed are skipped and counted, never run.", "",
+                  *_table(["split", "environment", "tasks loaded", "rows skipped"], tasks), ""]
+    sources = source_rows(data)
+    if sources:
+        lines += ["## Validation per data source", "",
+                  *_table(["data source", "first", "last", "best", "failed episodes (last)"], sources), ""]
     lines += ["## Configuration", "", *_table(["setting", "value"], configuration_rows(data)), ""]
     lines += ["## Key steps", "",
               *_table(["step", "what", "validation reward", "train reward", "entropy", "response length"],

@@ -67,12 +67,13 @@ class Trainer:
         self.turn_credit = self.registry.get(Kind.TURN_CREDIT, config.algorithm.turn_credit)
         self.trajectory_score = self.registry.get(Kind.TRAJECTORY_SCORE, config.algorithm.trajectory_score)
         data = config.data
-        self.train_tasks = load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks,
-                                      env_settings=config.env).tasks
-        self.val_tasks = (
-            load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks, env_settings=config.env).tasks
-            if data.val_files else []
-        )
+        self.task_sets = {"train": load_tasks(data.train_files, self.registry, max_tasks=data.train_max_tasks,
+                                              env_settings=config.env)}
+        if data.val_files:
+            self.task_sets["val"] = load_tasks(data.val_files, self.registry, max_tasks=data.val_max_tasks,
+                                               env_settings=config.env)
+        self.train_tasks = self.task_sets["train"].tasks
+        self.val_tasks = self.task_sets["val"].tasks if "val" in self.task_sets else []
         geometry, _ = plan_geometry(config, len(self.train_tasks))
         if not geometry.steps_per_epoch:
             raise UserError(
@@ -403,6 +404,7 @@ class Trainer:
             "rollbacks": self.handle.rollbacks,
             "hook_errors": self.hook_errors,
             "simulator": {"name": self.config.simulator.name, **stats},
+            "tasks": {split: task_set.summary() for split, task_set in self.task_sets.items()},
             "run_dir": str(self.run_dir),
         }
 
