@@ -82,7 +82,8 @@ use_repo_checkout()
 
 import torch  # noqa: E402
 
-from userrl_core.preflight.memory_estimate import GB, Geometry, estimate, shape_from_config  # noqa: E402
+from userrl_core.preflight.memory_estimate import (  # noqa: E402
+    GB, Geometry, estimate, estimate_single_process, fp32_build_bytes, shape_from_config)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -350,7 +351,8 @@ def fsdp_phase(ctx: dict[str, Any], *, offload: bool) -> dict[str, Any]:
         out["estimate"] = estimate_for(ctx, offload=offload)
         if "max_memory_allocated_gib" in out["memory"]:
             out["memory"]["allocated_over_estimate"] = round(
-                out["memory"]["max_memory_allocated_gib"] / out["estimate"]["training_peak_gib"], 3)
+                out["memory"]["max_memory_allocated_gib"]
+                / max(out["estimate"]["training_peak_gib"], out["estimate"].get("fp32_build_gib", 0.0)), 3)
 
         state, seconds = timed(device, policy.full_state_dict)
         out["full_state_dict"] = {"seconds": round(seconds, 2), "tensors": len(state),
@@ -423,6 +425,7 @@ def transformers_phase(ctx: dict[str, Any]) -> dict[str, Any]:
         out["update_first_s"] = round(seconds, 3)
         out["weights_changed_fraction_after_one_update"] = round(probe.changed_fraction(), 4)
         out["memory_training"] = memory_figures(device)
+        out["estimate"] = transformers_estimate(ctx)
         rollout = TransformersRollout(model=policy.model, tokenizer=ctx["tokenizer"], compute_dtype=policy.compute_dtype)
         g = torch.Generator().manual_seed(2)
         prompts = torch.randint(0, shape.vocab_size, (args.gen_batch, args.gen_prompt), generator=g).tolist()
@@ -448,7 +451,18 @@ def estimate_for(ctx: dict[str, Any], *, offload: bool) -> dict[str, Any]:
                         gradient_checkpointing=offload, gpu_memory_gb=gpu_gib, on_gpu=device.type == "cuda")
     result = estimate(ctx["shape"], geometry, param_offload=offload, optimizer_offload=offload,
                       activation_offload=offload, label="offloads on" if offload else "no offload")
-    return result.as_dict()
+    out = result.as_dict()
+    if offload:  # the fp32 model is built on the GPU before fully_shard moves it to the CPU
+        out["fp32_build_gib"] = round(fp32_build_bytes(ctx["shape"]) / GB, 2)
+    return out
+
+
+def transformers_estimate(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The single-process backend's estimate: fp32 master weights, bf16 autocast, no checkpointing."""
+    args = ctx["args"]
+    geometry = Geometry(num_gpus=1, micro_batch=args.micro, seq_len=args.seq, compute_bytes=2,
+                        gradient_checkpointing=False)
+    return estimate_single_process(ctx["shape"], geometry).as_dict()
 
 
 # ---------------------------------------------------------------------------- driver

@@ -12,14 +12,26 @@ What is counted, per training GPU (``N`` = training GPUs, ``P`` = parameters):
 - gradients: sharded fp32 gradients (``reduce_dtype`` fp32), ``4·P/N``, plus one unsharded
   layer's gradient in the compute dtype;
 - optimizer state: AdamW's ``exp_avg`` and ``exp_avg_sq`` in fp32, ``8·P/N``;
-- activations: with gradient checkpointing, one hidden state per layer boundary plus one
-  layer recomputed in full; without, every layer's saved tensors (``34·s·h`` bytes per layer
-  and sequence for a transformer block in 16-bit, Korthikanti et al. 2022, without the
-  ``s²`` attention term because SDPA/flash attention does not store the score matrix);
-  the logits of a micro-batch (bf16, 2 bytes), their fp32 log-softmax (4 bytes) and its
-  gradient (4 bytes), ``10·s·V`` bytes per sequence, are counted apart because for a 150k
-  vocabulary they are the largest single item; ``s`` is the longest episode
+- activations: what autograd saves per token in one Qwen3 decoder layer (HF eager code, bf16
+  compute ``c`` = 2): each RMSNorm saves its fp32 input and its ``c``-byte output (``(4+c)·h``,
+  two per layer), q_norm/k_norm the same on the query and key heads (``(4+c)·(Hq+Hkv)·d``),
+  SDPA its query, key, value and output (``c·(2·Hq+2·Hkv)·d``, no ``s²`` score matrix with
+  flash / memory-efficient attention), the SwiGLU MLP its gate, SiLU, up and product outputs
+  (``4·c·I``); with gradient checkpointing only each layer's input (``c·h``) is saved and one
+  layer is recomputed in full; with ``activation_offload`` the layer inputs go to the CPU;
+- logits: 12 bytes per position and vocabulary entry of a micro-batch: ``torch_policy`` keeps
+  the fp32 copy of the logits for the chunked log-prob recomputation (4), and in backward the
+  slice ``logits[:, :-1]`` scatters each chunk's gradient into a full-size fp32 tensor (4) while
+  autograd's accumulation buffer of that gradient (4) is alive; ``s`` is the longest episode
   (``rollout.max_episode_tokens``), so this is the worst case of a micro-batch;
+- the root FSDP module (tied embedding / head, final norm) is unsharded in ``c`` bytes for the
+  whole forward and backward, with its ``c``-byte gradient (``2·c·V·h``);
+- optimizer step: ``foreach`` AdamW allocates one fp32 temporary the size of the parameters it
+  steps (``4·P/N``) on top of parameters, gradients and moments; the training peak is the
+  larger of the backward peak (activations alive) and the step peak (activations freed);
+- the single-process ``transformers`` backend (``TorchPolicy``): unsharded fp32 master weights,
+  gradients and moments (``16·P``) plus the autocast cache of ``c``-byte weight copies
+  (``c·P``) held during forward and backward (:func:`estimate_single_process`);
 - outside PyTorch's allocator (estimated, not in ``max_memory_allocated``): the CUDA context of
   each process on the GPU (the training rank, and a colocated SGLang engine's scheduler
   process), about 0.5 GiB each, and NCCL's communicator buffers when there are several
@@ -130,6 +142,20 @@ def find_model_shape(model_path: str) -> ModelShape | None:
     return None
 
 
+LOGIT_BYTES = 12.0  # per position and vocabulary entry of a micro-batch (module docstring)
+
+
+def layer_activation_bytes_per_token(shape: ModelShape, c: int) -> float:
+    """Bytes autograd saves per token in one Qwen3 decoder layer without checkpointing (module
+    docstring): two RMSNorms, q_norm/k_norm, SDPA's inputs and output, the SwiGLU MLP."""
+    h, d, i = shape.hidden_size, shape.head_dim, shape.intermediate_size
+    q, kv = shape.num_attention_heads * d, shape.num_key_value_heads * d
+    norms = 2 * (4 + c) * h + (4 + c) * (q + kv)
+    attention = c * (2 * q + 2 * kv)
+    mlp = 4 * c * i
+    return float(norms + attention + mlp)
+
+
 CUDA_CONTEXT_BYTES = 0.5 * GB  # per process on a GPU (estimated: varies with the driver and loaded kernels)
 NCCL_BUFFER_BYTES = 0.25 * GB  # one communicator between the training GPUs (estimated)
 
@@ -144,11 +170,13 @@ class MemoryEstimate:
     rollout_bytes: float = 0.0  # the colocated engine's static memory (weights + KV pool)
     outside_allocator: dict[str, float] = field(default_factory=dict)  # CUDA contexts, NCCL buffers
     training_cache_emptied: bool = True  # the training process frees its cached blocks before rollout
+    step_peak: float = 0.0  # the optimizer step: parameters, gradients, moments and foreach temporary
 
     @property
     def training_peak(self) -> float:
-        """What ``torch.cuda.max_memory_allocated`` of a training rank should reach."""
-        return sum(self.components.values())
+        """What ``torch.cuda.max_memory_allocated`` of a training rank should reach: the larger
+        of the backward peak (every component) and the optimizer step's peak."""
+        return max(sum(self.components.values()), self.step_peak)
 
     @property
     def overhead(self) -> float:
@@ -227,13 +255,17 @@ def estimate(
     (cpu if optimizer_offload else gpu)["optimizer state"] = optimizer
     gpu["unsharded layers in flight"] = layers_in_flight * shape.layer_params * c * 2.0  # weights + grads
 
+    per_layer = layer_activation_bytes_per_token(shape, c) * b * s
     if geometry.gradient_checkpointing:
         boundaries = shape.num_layers * b * s * h * c
         (cpu if activation_offload else gpu)["activations (layer boundaries)"] = boundaries
-        gpu["activations (one layer recomputed)"] = 34.0 * b * s * h
+        gpu["activations (one layer recomputed)"] = per_layer
     else:
-        gpu["activations (all layers)"] = 34.0 * b * s * h * shape.num_layers
-    gpu["logits, log-softmax and its gradient"] = 10.0 * b * s * shape.vocab_size
+        gpu["activations (all layers)"] = per_layer * shape.num_layers
+    gpu["root module (embedding/head) and its gradient"] = 2.0 * c * shape.vocab_size * h
+    gpu["logits (fp32) and two fp32 gradient buffers"] = LOGIT_BYTES * b * s * shape.vocab_size
+    step_peak = (0.0 if optimizer_offload else optimizer) + (0.0 if param_offload else sharded_params
+                                                              + sharded_grads + 4.0 * p / n)
 
     rollout = geometry.rollout_mem_fraction * geometry.gpu_memory_gb * GB
     outside: dict[str, float] = {}
@@ -244,7 +276,37 @@ def estimate(
         if n > 1:
             outside["NCCL buffers"] = NCCL_BUFFER_BYTES
     return MemoryEstimate(label=label, components=gpu, cpu_components=cpu, rollout_bytes=rollout,
-                          outside_allocator=outside, training_cache_emptied=geometry.training_cache_emptied)
+                          outside_allocator=outside, training_cache_emptied=geometry.training_cache_emptied,
+                          step_peak=step_peak)
+
+
+def estimate_single_process(shape: ModelShape, geometry: Geometry, label: str = "transformers backend") -> MemoryEstimate:
+    """Bytes on the GPU of the single-process ``transformers`` backend (``TorchPolicy``): fp32
+    master weights, their fp32 gradients and AdamW moments, the autocast cache of ``c``-byte
+    weight copies during forward and backward, all activations (no sharding, no offload)."""
+    p, c = shape.num_params, geometry.compute_bytes
+    b, s = geometry.micro_batch, geometry.seq_len
+    per_layer = layer_activation_bytes_per_token(shape, c) * b * s
+    gpu = {
+        "parameters (fp32 master)": 4.0 * p,
+        "gradients (fp32)": 4.0 * p,
+        "autocast weight copies": c * p if c < 4 else 0.0,
+        ("activations (one layer recomputed)" if geometry.gradient_checkpointing else "activations (all layers)"):
+            per_layer if geometry.gradient_checkpointing else per_layer * shape.num_layers,
+        "logits (fp32) and two fp32 gradient buffers": LOGIT_BYTES * b * s * shape.vocab_size,
+    }
+    if geometry.gradient_checkpointing:
+        gpu["activations (layer boundaries)"] = shape.num_layers * b * s * shape.hidden_size * c
+    # AdamW's moments are created by the first step, after backward has freed the activations
+    step_peak = 4.0 * p + 4.0 * p + 8.0 * p + 4.0 * p
+    return MemoryEstimate(label=label, components=gpu, step_peak=step_peak)
+
+
+def fp32_build_bytes(shape: ModelShape) -> float:
+    """GPU bytes of a model created in fp32 on the GPU before ``fully_shard`` moves it (as
+    ``benchmarks/gpu_smoke.py`` builds it): all fp32 weights plus the fp32 copy of the largest
+    parameter, the (tied) embedding, that sharding makes while the original is alive."""
+    return 4.0 * shape.num_params + 4.0 * shape.vocab_size * shape.hidden_size
 
 
 def estimate_both(shape: ModelShape, geometry: Geometry, actor: Any) -> list[MemoryEstimate]:
@@ -335,3 +397,18 @@ def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: lis
     if over:
         lines.append(f"  does not fit in {geometry.gpu_memory_gb:g} GiB: {', '.join(over)}")
     return "\n".join(lines)
+
+
+def phase_estimate_bytes(shape: ModelShape, phase: str, *, micro_batch: int, seq_len: int) -> float:
+    """What ``max_memory_allocated`` of one ``benchmarks/gpu_smoke.py`` phase should reach on one
+    GPU: ``fsdp`` (no offload, no checkpointing), ``fsdp_offload`` (every offload and gradient
+    checkpointing; the peak may be building the fp32 model on the GPU before sharding moves it
+    to the CPU) or ``transformers`` (single process, fp32 master weights, bf16 autocast)."""
+    offload = phase == "fsdp_offload"
+    geometry = Geometry(num_gpus=1, micro_batch=micro_batch, seq_len=seq_len, compute_bytes=2,
+                        gradient_checkpointing=offload)
+    if phase == "transformers":
+        return estimate_single_process(shape, geometry).training_peak
+    trained = estimate(shape, geometry, param_offload=offload, optimizer_offload=offload,
+                       activation_offload=offload).training_peak
+    return max(trained, fp32_build_bytes(shape)) if offload else trained
