@@ -31,6 +31,7 @@ def test_4b_recipe_on_a_cpu_machine_names_everything_missing(four_b):
 def test_everything_present_passes(four_b, tmp_path, monkeypatch):
     policy, sim = tmp_path / "policy", tmp_path / "sim"
     policy.mkdir(), sim.mkdir()
+    (policy / "config.json").write_text("{}"), (sim / "config.json").write_text("{}")
     config = four_b.model_copy(deep=True)
     config.model.path = str(policy)
     config.simulator_server.model = str(sim)
@@ -89,3 +90,28 @@ def test_sglang_backend_needs_torch_memory_saver_too(four_b):
                            environ={})
     rollout = next(m for m in missing if m.key == "rollout.backend")
     assert "'torch_memory_saver'" in rollout.what and "userrl[sglang]" in rollout.fix
+
+
+def test_fsdp_on_local_gpu_ranks_needs_no_ray(tmp_path):
+    """ray.enabled=false runs the fsdp ranks as local processes: Ray is then not a requirement
+    (seen on a one-GPU machine without Ray, where the check refused a run that could work)."""
+    config = load_recipe("recipes/quickstart.yaml")
+    (tmp_path / "config.json").write_text("{}")
+    config.model.path = str(tmp_path)
+    config.actor.backend, config.trainer.device, config.trainer.n_gpus_per_node = "fsdp", "cuda", 1
+    no_ray = lambda m: m != "ray"  # noqa: E731
+    assert [m.key for m in find_missing(config, gpu_count=lambda: 1, module_available=no_ray)] == ["actor.backend"]
+    config.ray.enabled = False
+    assert find_missing(config, gpu_count=lambda: 1, module_available=no_ray) == []
+
+
+def test_fsdp_on_cuda_without_gpu_ranks_is_one_config_error(tmp_path):
+    """trainer.device=cuda with no GPU ranks used to start ray.cpu_ranks processes that each
+    called cuda:<rank> ("invalid device ordinal" from rank 1 on a one-GPU machine)."""
+    from userrl_core.errors import ConfigError
+    from userrl_plugins.backends.fsdp_plugin import make_training_backend
+
+    config = load_recipe("recipes/quickstart.yaml")
+    config.actor.backend, config.trainer.device, config.trainer.n_gpus_per_node = "fsdp", "cuda", 0
+    with pytest.raises(ConfigError, match=r"trainer.n_gpus_per_node"):
+        make_training_backend(config=config)

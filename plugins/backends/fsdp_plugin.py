@@ -31,6 +31,7 @@ def training_world(config: Any) -> tuple[int, bool]:
 
 
 def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> Any:
+    from userrl_core.errors import ConfigError
     from userrl_core.models import resolve_model_path
     from userrl_plugins.backends.fsdp_backend import FSDPTrainingBackend
     from userrl_plugins.backends.rank_processes import LocalRankGroup
@@ -39,6 +40,12 @@ def make_training_backend(*, config: Any, total_steps: int | None = None, **kwar
     model_dir = str(resolve_model_path(config.model.path))
     tokenizer_dir = str(resolve_model_path(config.model.tokenizer_path)) if config.model.tokenizer_path else model_dir
     world, on_gpu = training_world(config)
+    if config.trainer.device != "cpu" and not on_gpu:
+        # Without GPU ranks the world is ray.cpu_ranks, and every rank would try cuda:<rank>.
+        raise ConfigError(
+            f"trainer.device={config.trainer.device!r} with actor.backend=fsdp needs trainer.n_gpus_per_node "
+            "(or trainer.gpu_ids) to say how many GPU ranks to start; it is 0"
+        )
     use_ray = config.ray.enabled if config.ray.enabled is not None else on_gpu
     if use_ray:
         from userrl_plugins.backends.ray_placement import RayRankGroup

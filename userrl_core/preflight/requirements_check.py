@@ -126,7 +126,8 @@ def find_missing(
             if absent:
                 names = ", ".join(repr(m) for m in absent)
                 missing.append(Missing(key, f"backend {backend!r} needs the Python module(s) {names}", hint))
-    if config.actor.backend == "fsdp" and needed and not _safe_available(module_available, RAY_EXTRA[0]):
+    uses_ray = needed and config.ray.enabled is not False  # ray.enabled=false: local rank processes
+    if config.actor.backend == "fsdp" and uses_ray and not _safe_available(module_available, RAY_EXTRA[0]):
         missing.append(Missing("actor.backend", "the fsdp backend places GPU ranks with Ray", RAY_EXTRA[1]))
 
     model_folder = Path(config.model.path).expanduser()
