@@ -85,7 +85,9 @@ class InFlight:
 
 class EchoEnv:
     """Echoes each action; reward 1 per action or answer; 'finish' ends the episode. Fails in
-    the simulator on step ``payload["fail_at"]`` (raised, or as a status when ``fail_as_status``)."""
+    the simulator on step ``payload["fail_at"]`` (raised, or as a status when ``fail_as_status``);
+    each step takes ``payload["delay"]``
+    (else ``settings["delay"]``) seconds."""
 
     kind = "echo"
 
@@ -98,7 +100,7 @@ class EchoEnv:
 
     async def step(self, action: Action) -> StepResult:
         self.actions.append(action)
-        await self.in_flight.hold(self.settings.get("delay", 0.0))
+        await self.in_flight.hold(self.task.payload.get("delay", self.settings.get("delay", 0.0)))
         if len(self.actions) == self.task.payload.get("fail_at"):
             if self.task.payload.get("fail_as_status"):
                 return StepResult("", None, False, status=StepStatus.SIMULATOR_FAILED, error="judge timed out")
@@ -198,10 +200,11 @@ def assert_token_bookkeeping(episode, tokenizer, chat_template=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, world):
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, world, mode):
     registry, _, made = world
     policy = ScriptedPolicy(smol_tokenizer, lambda t, k: f"<think>turn {k}</think>Question {k} for {t}?")
-    engine = RolloutEngine(policy, registry, NoSimulator(), make_config(n=2))
+    engine = RolloutEngine(policy, registry, NoSimulator(), make_config(n=2, mode=mode))
     result = run(engine, [task("a"), task("b")])
     assert [(e.group, e.sample, e.task.id) for e in result.episodes] == [
         (0, 0, "a"), (0, 1, "a"), (1, 0, "b"), (1, 1, "b")]
@@ -216,7 +219,11 @@ def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, worl
         assert episode.messages[3] == {"role": "user", "content": episode.turns[0].observation}
         assert episode.response_length == sum(t.end - t.start for t in episode.turns)
         assert episode.metrics == {"coverage": 0.75, "score": 3.0}
-    assert [len(r.prompts) for r in policy.requests] == [4, 4, 4]  # one batch per turn
+    if mode == "sync":
+        assert [len(r.prompts) for r in policy.requests] == [4, 4, 4]  # one batch per turn
+    else:
+        assert [len(r.prompts) for r in policy.requests] == [1] * 12  # one request per episode-turn
+    assert result.metrics[f"rollout/mode/{mode}"] == 1.0
     assert all(r.do_sample and r.temperature == 1.0 for r in policy.requests)
     assert len({env.seed for env in made}) == 4
     metrics = result.metrics
@@ -230,29 +237,36 @@ def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, worl
     assert metrics["timing_s/generate"] > 0 and metrics["timing_s/env"] > 0
 
 
-def test_same_seed_same_env_seeds_and_generation_seeds(smol_tokenizer, world):
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_same_seed_same_env_seeds_and_generation_seeds(smol_tokenizer, world, mode):
     registry, _, made = world
     policy = ScriptedPolicy(smol_tokenizer, lambda t, k: "Hi?")
-    engine = RolloutEngine(policy, registry, NoSimulator(), make_config(n=3, max_turns=1))
-    run(engine, [task("a")], seed=3)
-    run(engine, [task("a")], seed=3)
-    run(engine, [task("a")], seed=4)
+    engine = RolloutEngine(policy, registry, NoSimulator(), make_config(n=3, max_turns=1, mode=mode))
+    generation_seeds = []
+    for seed in (3, 3, 4):
+        policy.requests.clear()
+        run(engine, [task("a")], seed=seed)
+        generation_seeds.append(sorted(r.seed for r in policy.requests))
     seeds = [env.seed for env in made]
     assert seeds[:3] == seeds[3:6] and seeds[:3] != seeds[6:]
-    assert policy.requests[0].seed == policy.requests[1].seed != policy.requests[2].seed
+    assert generation_seeds[0] == generation_seeds[1] != generation_seeds[2]
+    # sync: one seed per batch; async: one per episode-turn, all different
+    assert len(set(generation_seeds[0])) == {"sync": 1, "async": 3}[mode]
 
 
-def test_episodes_end_independently(smol_tokenizer, world):
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_episodes_end_independently(smol_tokenizer, world, mode):
     registry, _, _ = world
     endings = {"quick": 1, "slow": 3}
     script = lambda t, k: tool("finish", "") if k == endings[t] else tool("action", f"ask {k}")  # noqa: E731
     policy = ScriptedPolicy(smol_tokenizer, script)
-    engine = RolloutEngine(policy, registry, NoSimulator(), make_config(action_format="tool_call", max_turns=8))
-    result = run(engine, [task("quick"), task("slow")])
+    config = make_config(action_format="tool_call", max_turns=8, mode=mode)
+    result = run(RolloutEngine(policy, registry, NoSimulator(), config), [task("quick"), task("slow")])
     quick, slow = result.episodes
     assert (len(quick.turns), quick.end_reason) == (2, "finish")
     assert (len(slow.turns), slow.end_reason) == (4, "finish")
-    assert [len(r.prompts) for r in policy.requests] == [2, 2, 1, 1]
+    expected = {"sync": [2, 2, 1, 1], "async": [1] * 6}[mode]
+    assert [len(r.prompts) for r in policy.requests] == expected
     assert result.metrics["rollout/end/finish"] == 2.0
     for episode in result.episodes:
         assert_token_bookkeeping(episode, smol_tokenizer)
@@ -415,7 +429,7 @@ def test_mixed_environments_route_by_env_name_and_validate_per_data_source(smol_
 def test_generation_is_chunked_by_generation_batch_size(smol_tokenizer, world):
     registry, _, _ = world
     policy = ScriptedPolicy(smol_tokenizer, lambda t, k: "Hm?")
-    config = make_config(n=5, max_turns=2, generation_batch_size=2)
+    config = make_config(n=5, max_turns=2, generation_batch_size=2, mode="sync")
     result = run(RolloutEngine(policy, registry, NoSimulator(), config), [task("a")])
     assert [len(r.prompts) for r in policy.requests] == [2, 2, 1, 2, 2, 1]
     assert len({r.seed for r in policy.requests}) == 6
@@ -427,3 +441,42 @@ def test_unknown_env_name_names_the_row(smol_tokenizer, world):
     engine = RolloutEngine(ScriptedPolicy(smol_tokenizer, lambda t, k: ""), registry, NoSimulator(), make_config())
     with pytest.raises(UnknownNameError, match=r"tasks.json row z: env_name: unknown environment 'Nope'.*Echo"):
         run(engine, [task("z", "Nope")])
+
+
+class SlowPolicy(ScriptedPolicy):
+    """ScriptedPolicy whose every call takes ``delay`` seconds; counts calls in flight."""
+
+    def __init__(self, tokenizer, script: Script, delay: float):
+        super().__init__(tokenizer, script)
+        self.delay, self.in_flight = delay, InFlight()
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        result = await super().generate(request)
+        await self.in_flight.hold(self.delay)
+        return result
+
+
+def test_async_results_keep_group_sample_order_when_episodes_finish_out_of_order(smol_tokenizer, world):
+    registry, _, _ = world
+    policy = ScriptedPolicy(smol_tokenizer, lambda t, k: f"Question {k}?")
+    tasks = [task("slow", delay=0.3), task("mid", delay=0.1), task("fast", delay=0.0)]
+    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=2, max_turns=2)), tasks)
+    assert [(e.group, e.sample, e.task.id) for e in result.episodes] == [
+        (g, s, t) for g, t in enumerate(["slow", "mid", "fast"]) for s in range(2)]
+    assert all(len(r.prompts) == 1 for r in policy.requests)  # one request per episode-turn
+    second_turns = [r for r in policy.requests if "Question 0?" in smol_tokenizer.decode(r.prompts[0])]
+    assert "task:fast" in smol_tokenizer.decode(second_turns[0].prompts[0])  # fast reached turn 2 first
+    for episode in result.episodes:
+        assert_token_bookkeeping(episode, smol_tokenizer)
+
+
+def test_async_policy_concurrency_bounds_the_requests_in_flight(smol_tokenizer, world):
+    registry, _, _ = world
+    policy = SlowPolicy(smol_tokenizer, lambda t, k: "Hm?", delay=0.05)
+    run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2)), [task("a")])
+    assert policy.in_flight.peak == 6
+    policy = SlowPolicy(smol_tokenizer, lambda t, k: "Hm?", delay=0.05)
+    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2, policy_concurrency=2)),
+                 [task("a")])
+    assert policy.in_flight.peak == 2
+    assert result.metrics["rollout/generate_calls"] == 12.0

@@ -137,6 +137,22 @@ def test_generate_runs_off_the_event_loop(tiny_rollout):
     assert ticks > 0
 
 
+def test_concurrent_one_prompt_requests_share_one_generate_call(tiny_model_dir):
+    """Async mode sends one request per episode; the batcher merges those arriving within the
+    window into one batched generate, and each request still gets its own greedy continuation."""
+    model = load_causal_lm(tiny_model_dir, dtype="float32", device=CPU).eval()
+    rollout = TransformersRollout(model=model, tokenizer=load_tokenizer(tiny_model_dir), batch_window_s=0.05)
+    prompts = [[40 + i] * (1 + i % 3) for i in range(4)]
+    alone = [rollout.generate_blocking(greedy([p], 5, stop=[0])).token_ids[0] for p in prompts]
+
+    async def main():
+        return await asyncio.gather(*(rollout.generate(greedy([p], 5, stop=[0])) for p in prompts))
+
+    results = asyncio.run(main())
+    assert [r.token_ids[0] for r in results] == alone
+    assert rollout.batcher.stats.calls == 1 and rollout.batcher.stats.largest_call == 4
+
+
 def test_plugin_factories_share_one_model(tiny_model_dir):
     registry = get_plugin_manager().registry
     make_training = registry.get(Kind.TRAINING_BACKEND, "transformers")

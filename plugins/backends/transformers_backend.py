@@ -1,7 +1,11 @@
 """Rollout with Hugging Face ``generate``: batched, left-padded, on the training model itself.
 
-Each :meth:`TransformersRollout.generate` call continues many episodes by one turn. The
-prompts are left-padded into one batch (or several of ``rollout.generation_batch_size``,
+Each :meth:`TransformersRollout.generate` call continues one or many episodes by one turn.
+``generate`` runs one call at a time, so requests go through a
+:class:`~userrl_core.rollout.batcher.GenerationBatcher`: in async mode, where every episode sends
+its own request, those that arrive within ``rollout.batch_window_ms`` of each other (or while a
+call runs) share one ``generate`` call of at most ``rollout.generation_batch_size`` sequences.
+The prompts are left-padded into one batch (or several of ``rollout.generation_batch_size``,
 grouped by length to waste less padding) and handed to ``model.generate`` in a worker thread,
 so the event loop keeps serving the simulator calls of other episodes meanwhile. Sampling
 stops per sequence at the first stop id (kept in the result) or at ``max_new_tokens``; the
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from userrl_core.rollout.batcher import GenerationBatcher
 from userrl_core.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -31,7 +36,7 @@ class TransformersRollout:
     """A :class:`~userrl_core.types.RolloutBackend` around one HF causal LM."""
 
     def __init__(self, *, model: torch.nn.Module, tokenizer: Any, generation_batch_size: int | None = None,
-                 compute_dtype: torch.dtype | None = None) -> None:
+                 compute_dtype: torch.dtype | None = None, batch_window_s: float = 0.0) -> None:
         self.model = model
         # a training policy's fp32 master weights generate under its bf16 autocast
         self.compute_dtype = compute_dtype
@@ -43,8 +48,13 @@ class TransformersRollout:
             raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
         # torch modules are not safe to drive from two threads at once
         self._lock = threading.Lock()
+        self.batcher = GenerationBatcher(self._generate_in_thread, window_s=batch_window_s,
+                                         max_prompts=generation_batch_size)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await self.batcher.generate(request)
+
+    async def _generate_in_thread(self, request: GenerationRequest) -> GenerationResult:
         return await asyncio.to_thread(self.generate_blocking, request)
 
     def generate_blocking(self, request: GenerationRequest) -> GenerationResult:

@@ -47,6 +47,7 @@ def make_rollout_backend(*, config: Any, trainer: Any = None, **kwargs: Any) -> 
     return TransformersRollout(
         model=model, tokenizer=tokenizer, generation_batch_size=config.rollout.generation_batch_size,
         compute_dtype=compute_dtype,
+        batch_window_s=config.rollout.batch_window_ms / 1000.0,
     )
 
 

@@ -95,6 +95,19 @@ class RolloutConfig(Section):
     generation_batch_size: int | None = Field(
         None, ge=1, description="Sequences per generate call (transformers backend); all live episodes by default."
     )
+    mode: Literal["async", "sync"] = Field(
+        "async",
+        description="'async': every episode runs at its own pace (generate, parse, environment step, ...); "
+        "'sync': all episodes advance turn by turn together, one batched generate per turn (UserRL's barrier).",
+    )
+    policy_concurrency: int | None = Field(
+        None, ge=1, description="Async mode: policy generate requests in flight at most; one per episode by default."
+    )
+    batch_window_ms: float = Field(
+        20.0, ge=0.0,
+        description="Transformers backend: how long the first waiting request waits for others to share its "
+        "generate call (up to generation_batch_size sequences); measured in docs/benchmarks.md.",
+    )
 
 
 class AlgorithmConfig(Section):

@@ -1,15 +1,29 @@
 """The async multi-turn rollout engine: tasks × n samples in, finished token-space episodes out.
 
-All episodes of a step advance together, turn by turn. At each turn the policy generates for
-every live episode in one batch (chunked by ``rollout.generation_batch_size``); then all
-environment steps of the turn (simulator and judge calls) run concurrently, at most
-``simulator.max_concurrency`` at a time. Episodes end independently: the environment says done
-(``finish``, all details covered, ...), ``rollout.max_turns`` is reached, the next turn would not
-fit ``rollout.max_episode_tokens``, the reply had no action (``rollout.on_no_action: end``), a
-simulator call failed (the episode is then ``FAILED``), or the environment's own code broke: its
-factory, ``reset()``, ``step()`` or ``metrics()`` raised, or a step returned something that is not
-a ``StepResult`` with a finite number as reward (the episode is then ``ENV_ERROR``, logged with the
-environment and the task). The trainer leaves both kinds out of the update and counts them.
+Two modes (``rollout.mode``):
+
+* ``async`` (the default): every episode is its own task and runs at its own pace: generate,
+  parse, environment step, generate, ... until it ends. Each turn is its own generate request
+  (at most ``rollout.policy_concurrency`` in flight); a continuous-batching backend (SGLang)
+  takes them as they come, the transformers backend merges those that arrive close together
+  (:mod:`userrl_core.rollout.batcher`). An episode waiting on a slow simulator call holds up no
+  other episode, so a step costs about the slowest episode's own time, not the sum over turns
+  of the slowest call.
+* ``sync``: all episodes advance turn by turn together (UserRL's way). At each turn the policy
+  generates for every live episode in one batch (chunked by ``rollout.generation_batch_size``);
+  then all environment steps of the turn run concurrently; the next turn waits for the slowest.
+
+In both modes environment steps (simulator and judge calls) run at most
+``simulator.max_concurrency`` at a time, and the token bookkeeping, masks, seeds of the
+environments, failure handling and metrics are the same. Episodes end independently: the
+environment says done (``finish``, all details covered, ...), ``rollout.max_turns`` is reached,
+the next turn would not fit ``rollout.max_episode_tokens``, the reply had no action
+(``rollout.on_no_action: end``), a simulator call failed (the episode is then ``FAILED``), or
+the environment's own code broke: its factory, ``reset()``, ``step()`` or ``metrics()`` raised, or
+a step returned something that is not a ``StepResult`` with a finite number as reward (the
+episode is then ``ENV_ERROR``, logged with the environment and the task). The trainer leaves
+both kinds out of the update and counts them. Results come back ordered by group, then sample,
+in both modes.
 
 The recipe's ``rollout.system_prompt`` is applied to the opening messages ``reset()`` returns
 (:func:`userrl_core.rollout.env_contract.opening_messages`, the rule ``userrl simulate`` shares).
@@ -44,6 +58,7 @@ from userrl_core.types import (
     Episode,
     EpisodeStatus,
     GenerationRequest,
+    GenerationResult,
     Message,
     RolloutBackend,
     Simulator,
@@ -84,6 +99,38 @@ class _Live:
         return self.episode.token_ids
 
 
+class _BusyClock:
+    """Wall time during which at least one of the operations it wraps was running (the async
+    mode's ``timing_s/generate`` and ``timing_s/env``: comparable to the sync mode's phases)."""
+
+    __slots__ = ("running", "since", "total")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.since = 0.0
+        self.total = 0.0
+
+    def __enter__(self) -> None:
+        if self.running == 0:
+            self.since = time.perf_counter()
+        self.running += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self.total += time.perf_counter() - self.since
+
+
+@dataclass
+class _Limits:
+    """What the async mode's episodes share: the simulator and policy bounds and the clocks."""
+
+    env: asyncio.Semaphore
+    policy: asyncio.Semaphore | None
+    generating: _BusyClock
+    stepping: _BusyClock
+
+
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from a tuple of ints and strings (same inputs, same seed)."""
     return random.Random(":".join(str(p) for p in parts)).getrandbits(31)
@@ -120,32 +167,13 @@ class RolloutEngine:
         if n is None:
             n = self.settings.val_n if validation else self.settings.n
         started = time.perf_counter()
-        counters = RolloutCounters()
+        counters = RolloutCounters(mode=self.settings.mode)
         live = self._create(tasks, n, seed)
-        await self._reset_all(live)
-        turn = 0
-        while True:
-            for state in live:
-                if not state.finished and not self._fits_next_turn(len(state.ids)):
-                    self._finish(state, "token_budget")
-            active = [s for s in live if not s.finished]
-            if not active:
-                break
-            sampled = await self._generate(active, turn, seed, validation, counters)
-            stepping: list[tuple[_Live, Action]] = []
-            for state, (ids, logprobs) in zip(active, sampled):
-                action = self._take_turn(state, ids, logprobs, counters)
-                if action is not None:
-                    stepping.append((state, action))
-            clock = time.perf_counter()
-            outcomes = await self._step_all(stepping)
-            counters.env_s += time.perf_counter() - clock
-            for (state, _), outcome in zip(stepping, outcomes):
-                self._apply_step(state, outcome)
-            for state in active:
-                if not state.finished:
-                    self._continue(state)
-            turn += 1
+        sampling = self._sampling(validation)
+        if self.settings.mode == "sync":
+            await self._run_in_lockstep(live, sampling, seed, validation, counters)
+        else:
+            await self._run_each_episode(live, sampling, seed, validation, counters)
         for state in live:
             self._collect_metrics(state)
             if self._retokenization_differs(state):
@@ -157,6 +185,117 @@ class RolloutEngine:
     def opening_length(self, messages: list[Message]) -> int:
         """Tokens of an opening as the policy sees it (system prompt and chat template applied)."""
         return len(self.tokens.prompt_ids(opening_messages(messages, self.settings.system_prompt)))
+
+    def _sampling(self, validation: bool) -> dict[str, Any]:
+        """The generate-request fields that are the same for every call of one run."""
+        temperature = self.settings.val_temperature if validation else self.settings.temperature
+        return {
+            "max_new_tokens": self.settings.max_new_tokens,
+            "temperature": temperature,
+            "top_p": 1.0 if validation else self.settings.top_p,
+            "do_sample": temperature > 0,
+            "stop_token_ids": list(self.tokens.stop_token_ids),
+        }
+
+    # ---------------------------------------------------------------------------------------
+    # async: every episode its own task
+    # ---------------------------------------------------------------------------------------
+
+    async def _run_each_episode(self, live: list[_Live], sampling: dict[str, Any], seed: int, validation: bool,
+                                counters: RolloutCounters) -> None:
+        """Run every episode as its own task. Simulator failures and environment errors end only
+        their episode; any other error (the backend's, the engine's) cancels the others and is
+        raised."""
+        limits = _Limits(
+            env=asyncio.Semaphore(self.config.simulator.max_concurrency),
+            policy=asyncio.Semaphore(self.settings.policy_concurrency) if self.settings.policy_concurrency else None,
+            generating=_BusyClock(), stepping=_BusyClock(),
+        )
+        tag = "validation" if validation else "train"
+        runs = [asyncio.ensure_future(self._play(state, sampling, (seed, tag), limits, counters)) for state in live]
+        try:
+            await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            counters.generate_s += limits.generating.total
+            counters.env_s += limits.stepping.total
+        for run in runs:
+            if not run.cancelled() and run.exception() is not None:
+                raise run.exception()
+
+    async def _play(self, state: _Live, sampling: dict[str, Any], seed_parts: tuple[Any, ...], limits: "_Limits",
+                    counters: RolloutCounters) -> None:
+        """One episode from reset to its end."""
+        if state.env is None:  # its factory failed: already ended as ENV_ERROR
+            return
+        try:
+            opening = await state.env.reset()
+        except Exception as exc:
+            opening = exc
+        self._start(state, opening)
+        episode = state.episode
+        turn = 0
+        while not state.finished:
+            if not self._fits_next_turn(len(state.ids)):
+                self._finish(state, "token_budget")
+                break
+            request = GenerationRequest(
+                prompts=[list(state.ids)], seed=derive_seed(*seed_parts, turn, episode.group, episode.sample),
+                **sampling,
+            )
+            with limits.generating:
+                if limits.policy is None:
+                    result = await self.backend.generate(request)
+                else:
+                    async with limits.policy:
+                        result = await self.backend.generate(request)
+            counters.generate_calls += 1
+            ((ids, logprobs),) = self._read_result(result, 1)
+            action = self._take_turn(state, ids, logprobs, counters)
+            if action is not None:
+                with limits.stepping:
+                    outcome = await self._step(state, action, limits.env)
+                self._apply_step(state, outcome)
+            if not state.finished:
+                self._continue(state)
+            turn += 1
+
+    # ---------------------------------------------------------------------------------------
+    # sync: all episodes turn by turn
+    # ---------------------------------------------------------------------------------------
+
+    async def _run_in_lockstep(self, live: list[_Live], sampling: dict[str, Any], seed: int, validation: bool,
+                               counters: RolloutCounters) -> None:
+        starting = [s for s in live if s.env is not None]  # the others' factory failed
+        openings = await asyncio.gather(*(s.env.reset() for s in starting), return_exceptions=True)
+        for state, opening in zip(starting, openings):
+            self._start(state, opening)
+        slots = asyncio.Semaphore(self.config.simulator.max_concurrency)
+        turn = 0
+        while True:
+            for state in live:
+                if not state.finished and not self._fits_next_turn(len(state.ids)):
+                    self._finish(state, "token_budget")
+            active = [s for s in live if not s.finished]
+            if not active:
+                break
+            sampled = await self._generate(active, turn, sampling, seed, validation, counters)
+            stepping: list[tuple[_Live, Action]] = []
+            for state, (ids, logprobs) in zip(active, sampled):
+                action = self._take_turn(state, ids, logprobs, counters)
+                if action is not None:
+                    stepping.append((state, action))
+            clock = time.perf_counter()
+            outcomes = await asyncio.gather(*(self._step(s, a, slots) for s, a in stepping))
+            counters.env_s += time.perf_counter() - clock
+            for (state, _), outcome in zip(stepping, outcomes):
+                self._apply_step(state, outcome)
+            for state in active:
+                if not state.finished:
+                    self._continue(state)
+            turn += 1
 
     def _create(self, tasks: list[Task], n: int, seed: int) -> list[_Live]:
         factories = {}
@@ -180,43 +319,41 @@ class RolloutEngine:
                     self._env_error(state, "factory", f"raised {_describe(exc)}")
         return live
 
-    async def _reset_all(self, live: list[_Live]) -> None:
-        starting = [s for s in live if s.env is not None]
-        results = await asyncio.gather(*(s.env.reset() for s in starting), return_exceptions=True)
-        for state, result in zip(starting, results):
-            if isinstance(result, SimulatorError):
-                self._fail(state, str(result))
-                continue
-            if isinstance(result, Exception):
-                self._env_error(state, "reset", f"raised {_describe(result)}")
-                continue
-            if isinstance(result, BaseException):  # Ctrl-C, cancellation: not the environment's fault
-                raise result
-            messages = chat_messages(result)
-            if messages is None:
-                self._env_error(state, "reset", f"returned {result!r:.80}, not a non-empty list of chat messages")
-                continue
-            prompt = self.settings.system_prompts.get(state.episode.task.env_name, self.settings.system_prompt)
-            state.episode.messages = opening_messages(messages, prompt)
-            if not state.episode.task.prompt:  # the environment wrote the opening: checked here
-                length = len(self.tokens.prompt_ids(state.episode.messages))
-                limit = self.config.data.max_prompt_length
-                if length > limit:
-                    self._env_error(state, "reset", f"wrote an opening of {length} tokens, longer than "
-                                    f"data.max_prompt_length ({limit})")
-                    continue
-            state.episode.token_ids = self.tokens.prompt_ids(state.episode.messages)
-            state.episode.loss_mask = [0] * len(state.ids)
-            state.episode.prompt_length = len(state.ids)
-            state.logprobs = [0.0] * len(state.ids)
+    def _start(self, state: _Live, opening: Any) -> None:
+        """Take an environment's reset result: the opening messages, a simulator failure, or an
+        error of the environment's own (the episode then ends as ``ENV_ERROR``)."""
+        if isinstance(opening, SimulatorError):
+            self._fail(state, str(opening))
+            return
+        if isinstance(opening, Exception):
+            self._env_error(state, "reset", f"raised {_describe(opening)}")
+            return
+        if isinstance(opening, BaseException):  # Ctrl-C, cancellation: not the environment's fault
+            raise opening
+        messages = chat_messages(opening)
+        if messages is None:
+            self._env_error(state, "reset", f"returned {opening!r:.80}, not a non-empty list of chat messages")
+            return
+        prompt = self.settings.system_prompts.get(state.episode.task.env_name, self.settings.system_prompt)
+        state.episode.messages = opening_messages(messages, prompt)
+        if not state.episode.task.prompt:  # the environment wrote the opening: checked here
+            length = len(self.tokens.prompt_ids(state.episode.messages))
+            limit = self.config.data.max_prompt_length
+            if length > limit:
+                self._env_error(state, "reset", f"wrote an opening of {length} tokens, longer than "
+                                f"data.max_prompt_length ({limit})")
+                return
+        state.episode.token_ids = self.tokens.prompt_ids(state.episode.messages)
+        state.episode.loss_mask = [0] * len(state.ids)
+        state.episode.prompt_length = len(state.ids)
+        state.logprobs = [0.0] * len(state.ids)
 
     def _fits_next_turn(self, length: int) -> bool:
         """Room for a full turn plus the end-of-turn ids a cut-off turn gets."""
         return length + self.settings.max_new_tokens + len(self._closing) <= self.settings.max_episode_tokens
 
-    async def _generate(self, active: list[_Live], turn: int, seed: int, validation: bool,
-                        counters: RolloutCounters) -> list[tuple[list[int], list[float] | None]]:
-        temperature = self.settings.val_temperature if validation else self.settings.temperature
+    async def _generate(self, active: list[_Live], turn: int, sampling: dict[str, Any], seed: int,
+                        validation: bool, counters: RolloutCounters) -> list[tuple[list[int], list[float] | None]]:
         size = self.settings.generation_batch_size or len(active)
         outputs: list[tuple[list[int], list[float] | None]] = []
         clock = time.perf_counter()
@@ -224,22 +361,23 @@ class RolloutEngine:
             chunk = active[start:start + size]
             request = GenerationRequest(
                 prompts=[list(s.ids) for s in chunk],
-                max_new_tokens=self.settings.max_new_tokens,
-                temperature=temperature,
-                top_p=1.0 if validation else self.settings.top_p,
-                do_sample=temperature > 0,
-                stop_token_ids=list(self.tokens.stop_token_ids),
                 seed=derive_seed(seed, "validation" if validation else "train", turn, chunk_index),
+                **sampling,
             )
             result = await self.backend.generate(request)
             counters.generate_calls += 1
-            if len(result.token_ids) != len(chunk):
-                raise RuntimeError(f"the rollout backend returned {len(result.token_ids)} sequences for "
-                                   f"{len(chunk)} prompts")
-            for index, ids in enumerate(result.token_ids):
-                logprobs = result.logprobs[index] if result.logprobs is not None else None
-                outputs.append(self._cut_at_stop(list(ids), logprobs))
+            outputs.extend(self._read_result(result, len(chunk)))
         counters.generate_s += time.perf_counter() - clock
+        return outputs
+
+    def _read_result(self, result: GenerationResult, expected: int) -> list[tuple[list[int], list[float] | None]]:
+        if len(result.token_ids) != expected:
+            raise RuntimeError(f"the rollout backend returned {len(result.token_ids)} sequences for "
+                               f"{expected} prompts")
+        outputs = []
+        for index, ids in enumerate(result.token_ids):
+            logprobs = result.logprobs[index] if result.logprobs is not None else None
+            outputs.append(self._cut_at_stop(list(ids), logprobs))
         return outputs
 
     def _cut_at_stop(self, ids: list[int], logprobs: list[float] | None) -> tuple[list[int], list[float] | None]:
@@ -298,21 +436,15 @@ class RolloutEngine:
                 state.feedback = {"role": "user", "content": turn.observation}
         return None
 
-    async def _step_all(self, stepping: list[tuple[_Live, Action]]) -> list[StepResult | SimulatorError]:
-        slots = asyncio.Semaphore(self.config.simulator.max_concurrency)
-
-        async def step(state: _Live, action: Action) -> StepResult | SimulatorError:
-            async with slots:
-                try:
-                    return await state.env.step(action)
-                except SimulatorError as exc:
-                    return exc
-
-        outcomes = await asyncio.gather(*(step(s, a) for s, a in stepping), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # Ctrl-C, cancellation: not the environment's fault
-        return outcomes
+    async def _step(self, state: _Live, action: Action, slots: asyncio.Semaphore) -> StepResult | Exception:
+        """One environment step within the simulator bound. A simulator failure or an error of
+        the environment's own is returned (it ends only this episode); Ctrl-C and cancellation
+        propagate."""
+        async with slots:
+            try:
+                return await state.env.step(action)
+            except Exception as exc:
+                return exc
 
     def _apply_step(self, state: _Live, outcome: StepResult | Exception) -> None:
         turn = state.episode.turns[-1]

@@ -34,6 +34,7 @@ class RolloutCounters:
     env_s: float = 0.0
     total_s: float = 0.0
     generate_calls: int = 0
+    mode: str = "sync"  # rollout.mode the episodes ran in
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -43,7 +44,9 @@ def _mean(values: Iterable[float]) -> float:
 
 def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[str, float]:
     """``rollout/*``, ``response_length/*``, ``prompt_length/*``, ``timing_s/*`` and
-    ``env/<metric>/mean`` for one batch of episodes."""
+    ``env/<metric>/mean`` for one batch of episodes. ``rollout/mode/<mode>`` (1) names the mode
+    they ran in; in async mode ``timing_s/generate`` and ``timing_s/env`` are the wall time during
+    which any generation or environment step was running (they overlap)."""
     turns = [turn for episode in episodes for turn in episode.turns]
     n_turns = len(turns)
     failed = [e for e in episodes if e.status is not EpisodeStatus.OK]
@@ -79,6 +82,7 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
         "timing_s/rollout": counters.total_s,
         "rollout/generate_calls": float(counters.generate_calls),
     }
+    metrics[f"rollout/mode/{counters.mode}"] = 1.0
     for reason, count in Counter(e.end_reason for e in episodes).items():
         metrics[f"rollout/end/{reason}"] = float(count)
     names = sorted({name for e in ok for name in e.metrics})

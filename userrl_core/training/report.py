@@ -390,6 +390,8 @@ def configuration_rows(data: RunData) -> list[list[Any]]:
         ["KL loss", kl],
         ["entropy coefficient", g("actor.entropy_coeff")],
         ["backends (training / rollout)", f"{g('actor.backend')} / {g('rollout.backend')}"],
+        # runs made before rollout.mode existed ran turn by turn
+        ["rollout mode", g("rollout.mode") or "sync"],
         ["devices", f"{gpus} GPU(s) × {g('trainer.nnodes')} node(s)" if gpus else f"CPU ({g('trainer.device')})"],
         ["offloads", ", ".join(offloads) or "none"],
         ["simulator", simulator],
