@@ -112,3 +112,26 @@ def test_template_without_a_special_end_of_turn_is_rejected(smol_tokenizer):
 def test_continuation_needs_an_assistant_turn_last(chatml):
     with pytest.raises(ValueError, match="assistant"):
         chatml.continuation_ids(OPENING, [{"role": "user", "content": "x"}], turn_closed=True)
+
+
+@pytest.mark.parametrize("template", [None, QWEN_STYLE_TEMPLATE])
+def test_fast_paths_give_exactly_what_the_tokenizer_gives(smol_tokenizer, template):
+    """The compiled template, the Rust encode/decode and the short continuation probe are used
+    for SmolLM2, and over a five-turn conversation they equal apply_chat_template / encode /
+    decode and the full-history probe."""
+    fast = ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL], chat_template=template)
+    assert fast._compiled is not None and fast._backend is not None
+    slow = ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL], chat_template=template)
+    slow._compiled, slow._backend, slow._short_probe = None, None, False
+    history = list(OPENING)
+    for turn in range(5):
+        history.append({"role": "assistant", "content": f"<think>hm {turn}</think>Question {turn}: dates & \"budget\"?"})
+        new = [{"role": "user", "content": f"Answer {turn}:\n  May {turn + 1}."}]
+        assert fast.continuation_ids(history, new, turn_closed=True) == slow.continuation_ids(history, new, turn_closed=True)
+        history.extend(new)
+        assert fast.prompt_ids(history) == slow.prompt_ids(history)
+        assert fast.render(history, add_generation_prompt=True) == slow.render(history, add_generation_prompt=True)
+        ids = fast.prompt_ids(history)
+        assert fast.decode(ids) == slow.decode(ids)
+    assert fast._short_probe is True
+    assert fast.prompt_ids(OPENING) is not fast.prompt_ids(OPENING)  # cached, but never shared
