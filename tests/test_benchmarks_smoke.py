@@ -54,9 +54,19 @@ def test_reference_loop_matches_the_formula_on_a_hand_example():
 def test_rollout_efficiency_quick_runs_real_episodes(results_dir):
     from benchmarks import bench_rollout_efficiency
 
-    payload = bench_rollout_efficiency.main(["--quick", "--sequential-episodes", "0"])
-    (record,) = payload["results"]
-    assert record["episodes"] == 8 and record["transport"] == "direct"
-    assert record["simulator_calls"] == 2 * 2 * (8 + 2)  # 2 calls x 2 turns x (8 timed + 2 warm-up) episodes
-    assert record["median_wall_s"] >= payload["ideal_s"]  # nothing can beat the latencies
-    assert 0 < record["efficiency"] <= 1
+    payload = bench_rollout_efficiency.main(["--quick"])
+    records = payload["results"]
+    assert [(r["latency"], r["mode"]) for r in records] == [
+        ("fixed", "async"), ("fixed", "sync"), ("heavy", "async"), ("heavy", "sync")]
+    for record in records:
+        assert record["episodes"] == 8 and record["transport"] == "direct"
+        assert record["median_wall_s"] >= record["median_bound_s"]  # nothing can beat the latencies
+        assert 0 < record["efficiency"] <= 1
+        assert record["runs"][0]["turns"] == 8 * 2
+    fixed = records[0]
+    assert fixed["median_bound_s"] == pytest.approx(2 * (0.05 + 0.1))
+    heavy_async, heavy_sync = records[2:]
+    assert heavy_async["bound_s"] == heavy_sync["bound_s"]  # both modes faced the same draws
+    assert heavy_sync["sync_floor_s"][0] >= heavy_sync["bound_s"][0]
+    assert heavy_async["runs"][0]["generate_calls"] == 8 * 2  # one request per episode-turn
+    assert heavy_sync["runs"][0]["generate_calls"] == 2  # one batch per turn

@@ -58,7 +58,7 @@ def answer(body):
     content = " ".join(str(m.get("content", "")) for m in (body or {}).get("messages", []))
     delay = HOLD_S if STUCK in content else 0.0
     if JUDGE_MARKER in content:
-        return reply('{"covered": []}', delay=delay)
+        return reply('{"analysis": "none", "is_task_related": true, "covered_detail_indices": []}', delay=delay)
     return reply("Sometime in May, please.", delay=delay)
 
 

@@ -14,7 +14,6 @@ to ``transcripts/``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from userrl_core import event_loop
 from userrl_core.config import load_recipe, validate_config
 from userrl_core.config.schema import RunConfig
 from userrl_core.errors import UserError
@@ -195,7 +195,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
                 await components.simulator.aclose()
 
     try:
-        episodes, metrics = asyncio.run(run_all())
+        episodes, metrics = event_loop.run(run_all())
     finally:
         components.close()
     simulator = simulator_delta(sim_before, components.simulator_stats())

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from userrl_core import event_loop
 from userrl_core.algorithms.advantages import grpo_multiturn_advantages
 from userrl_core.config import RunConfig, apply_changes, check_plugin_names
 from userrl_core.data import check_prompt_lengths, load_tasks
@@ -463,7 +464,7 @@ def _train(config: RunConfig, folder: Path, recipe_path: str | None, resume: boo
     stack.callback(trainer.c.close)
     status, error = "finished", None
     try:
-        summary = asyncio.run(trainer.run(resume))
+        summary = event_loop.run(trainer.run(resume))
     except RunStopped as exc:
         status, error = "stopped", str(exc)
         log.warning("run stopped: %s", exc)
