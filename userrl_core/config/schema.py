@@ -106,7 +106,7 @@ class RolloutConfig(Section):
     batch_window_ms: float = Field(
         20.0, ge=0.0,
         description="Transformers backend: how long the first waiting request waits for others to share its "
-        "generate call (up to generation_batch_size sequences); measured in docs/benchmarks.md.",
+        "generate call (up to generation_batch_size sequences); requests that queue while a call runs go at once.",
     )
 
 
