@@ -460,7 +460,7 @@ def test_async_results_keep_group_sample_order_when_episodes_finish_out_of_order
     registry, _, _ = world
     policy = ScriptedPolicy(smol_tokenizer, lambda t, k: f"Question {k}?")
     tasks = [task("slow", delay=0.3), task("mid", delay=0.1), task("fast", delay=0.0)]
-    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=2, max_turns=2)), tasks)
+    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=2, max_turns=2, mode="async")), tasks)
     assert [(e.group, e.sample, e.task.id) for e in result.episodes] == [
         (g, s, t) for g, t in enumerate(["slow", "mid", "fast"]) for s in range(2)]
     assert all(len(r.prompts) == 1 for r in policy.requests)  # one request per episode-turn
@@ -473,10 +473,10 @@ def test_async_results_keep_group_sample_order_when_episodes_finish_out_of_order
 def test_async_policy_concurrency_bounds_the_requests_in_flight(smol_tokenizer, world):
     registry, _, _ = world
     policy = SlowPolicy(smol_tokenizer, lambda t, k: "Hm?", delay=0.05)
-    run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2)), [task("a")])
+    run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2, mode="async")), [task("a")])
     assert policy.in_flight.peak == 6
     policy = SlowPolicy(smol_tokenizer, lambda t, k: "Hm?", delay=0.05)
-    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2, policy_concurrency=2)),
+    result = run(RolloutEngine(policy, registry, NoSimulator(), make_config(n=6, max_turns=2, policy_concurrency=2, mode="async")),
                  [task("a")])
     assert policy.in_flight.peak == 2
     assert result.metrics["rollout/generate_calls"] == 12.0

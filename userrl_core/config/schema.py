@@ -96,9 +96,10 @@ class RolloutConfig(Section):
         None, ge=1, description="Sequences per generate call (transformers backend); all live episodes by default."
     )
     mode: Literal["async", "sync"] = Field(
-        "async",
+        "sync",
         description="'async': every episode runs at its own pace (generate, parse, environment step, ...); "
-        "'sync': all episodes advance turn by turn together, one batched generate per turn (UserRL's barrier).",
+        "'sync': all episodes advance turn by turn together, one batched generate per turn (UserRL's barrier). "
+        "The default stays 'sync' until async is measured on the quickstart (docs/rollout.md).",
     )
     policy_concurrency: int | None = Field(
         None, ge=1, description="Async mode: policy generate requests in flight at most; one per episode by default."
