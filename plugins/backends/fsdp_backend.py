@@ -77,6 +77,13 @@ def shard_model(model: torch.nn.Module, *, mesh: Any, on_gpu: bool, param_offloa
         module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
 
 
+def _full(value: Any) -> torch.Tensor:
+    """The whole tensor of a (possibly sharded) parameter: a collective for DTensors."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
 def process_group_backend(on_gpu: bool) -> str:
     """The ``init_process_group`` backend string for one rank.
 
