@@ -402,7 +402,10 @@ class LoggingConfig(Section):
         "WARNING", description="Console log level of a run (userrl -v: DEBUG); INFO adds checkpoint and "
         "resume lines."
     )
-    progress: bool = Field(True, description="Rich progress display per step.")
+    progress: bool = Field(True, description=(
+        "Show progress while a step runs (stderr): a live line in a terminal (phase, episodes finished of "
+        "total, turn, simulator calls in flight and failed), plain lines when stderr is not a terminal; "
+        "false: only the one line per step."))
     transcripts_per_step: int = Field(4, ge=0, description="Episode transcripts saved per step (JSONL).")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases.")
 

@@ -45,6 +45,7 @@ from typing import Any
 from userrl_core.registry import Kind, Registry
 from userrl_core.rollout.actions import INTERACT_WITH_ENV_TOOL, error_message, parse_reply, reminder_message
 from userrl_core.rollout.env_contract import bad_reward, chat_messages, finite_reward, opening_messages
+from userrl_core.rollout.progress import ENVIRONMENT, GENERATE, CountedSimulator, ProgressTally, RolloutProgress, busy
 from userrl_core.rollout.summary import (
     ENV_ERROR_KEY,
     SIMULATOR_ERROR_KEY,
@@ -87,6 +88,7 @@ class _Live:
     episode: Episode
     env: Environment | None  # None when the factory raised (the episode is then an env error)
     logprobs: list[float] | None
+    progress: RolloutProgress  # the rollout's progress reporter
     finished: bool = False
     turn_closed: bool = True  # the last sampled turn ended with the end-of-turn token
     feedback: Message | None = None  # the message to append before the next turn
@@ -161,14 +163,17 @@ class RolloutEngine:
     # ---------------------------------------------------------------------------------------
 
     async def run(self, tasks: list[Task], n: int | None = None, *, seed: int,
-                  validation: bool = False) -> RolloutResult:
+                  validation: bool = False, progress: RolloutProgress | None = None) -> RolloutResult:
         """Run ``n`` episodes of every task (``rollout.n``, or ``rollout.val_n`` when
-        ``validation``); episode ``group`` is the task's index in ``tasks``."""
+        ``validation``); episode ``group`` is the task's index in ``tasks``. ``progress`` hears
+        what happens while it runs (:mod:`userrl_core.rollout.progress`)."""
         if n is None:
             n = self.settings.val_n if validation else self.settings.n
         started = time.perf_counter()
         counters = RolloutCounters(mode=self.settings.mode)
-        live = self._create(tasks, n, seed)
+        progress = progress if progress is not None else ProgressTally()
+        progress.rollout_started(len(tasks) * n)
+        live = self._create(tasks, n, seed, progress)
         sampling = self._sampling(validation)
         if self.settings.mode == "sync":
             await self._run_in_lockstep(live, sampling, seed, validation, counters)
@@ -241,11 +246,12 @@ class RolloutEngine:
             if not self._fits_next_turn(len(state.ids)):
                 self._finish(state, "token_budget")
                 break
+            state.progress.turn_started(turn)
             request = GenerationRequest(
                 prompts=[list(state.ids)], seed=derive_seed(*seed_parts, turn, episode.group, episode.sample),
                 **sampling,
             )
-            with limits.generating:
+            with limits.generating, busy(state.progress, GENERATE, 1):
                 if limits.policy is None:
                     result = await self.backend.generate(request)
                 else:
@@ -255,7 +261,7 @@ class RolloutEngine:
             ((ids, logprobs),) = self._read_result(result, 1)
             action = self._take_turn(state, ids, logprobs, counters)
             if action is not None:
-                with limits.stepping:
+                with limits.stepping, busy(state.progress, ENVIRONMENT, 1):
                     outcome = await self._step(state, action, limits.env)
                 self._apply_step(state, outcome)
             if not state.finished:
@@ -281,14 +287,18 @@ class RolloutEngine:
             active = [s for s in live if not s.finished]
             if not active:
                 break
-            sampled = await self._generate(active, turn, sampling, seed, validation, counters)
+            progress = active[0].progress
+            progress.turn_started(turn)
+            with busy(progress, GENERATE, len(active)):
+                sampled = await self._generate(active, turn, sampling, seed, validation, counters)
             stepping: list[tuple[_Live, Action]] = []
             for state, (ids, logprobs) in zip(active, sampled):
                 action = self._take_turn(state, ids, logprobs, counters)
                 if action is not None:
                     stepping.append((state, action))
             clock = time.perf_counter()
-            outcomes = await asyncio.gather(*(self._step(s, a, slots) for s, a in stepping))
+            with busy(progress, ENVIRONMENT, len(stepping)):
+                outcomes = await asyncio.gather(*(self._step(s, a, slots) for s, a in stepping))
             counters.env_s += time.perf_counter() - clock
             for (state, _), outcome in zip(stepping, outcomes):
                 self._apply_step(state, outcome)
@@ -297,23 +307,24 @@ class RolloutEngine:
                     self._continue(state)
             turn += 1
 
-    def _create(self, tasks: list[Task], n: int, seed: int) -> list[_Live]:
+    def _create(self, tasks: list[Task], n: int, seed: int, progress: RolloutProgress) -> list[_Live]:
         factories = {}
         for task in tasks:
             if task.env_name not in factories:
                 where = f"{task.source or 'task ' + repr(task.id)}: env_name"
                 factories[task.env_name] = self.registry.get(Kind.ENVIRONMENT, task.env_name, key_path=where)
+        simulator = None if self.simulator is None else CountedSimulator(self.simulator, progress)
         live = []
         for group, task in enumerate(tasks):
             settings = dict(self.config.env.get(task.env_name, {}))
             for sample in range(n):
                 episode = Episode(task=task, group=group, sample=sample, token_ids=[], loss_mask=[],
                                   prompt_length=0, turns=[], messages=[])
-                state = _Live(episode=episode, env=None, logprobs=None)
+                state = _Live(episode=episode, env=None, logprobs=None, progress=progress)
                 live.append(state)
                 try:
                     state.env = factories[task.env_name](
-                        task=task, simulator=self.simulator, settings=settings, seed=derive_seed(seed, group, sample)
+                        task=task, simulator=simulator, settings=settings, seed=derive_seed(seed, group, sample)
                     )
                 except Exception as exc:  # third-party code: one broken episode, not a dead run
                     self._env_error(state, "factory", f"raised {_describe(exc)}")
@@ -509,13 +520,15 @@ class RolloutEngine:
         if not state.turn_closed:  # a turn cut off by the length cap still gets its end-of-turn ids
             self._append_unsampled(state, self._closing)
             state.turn_closed = True
+        if not state.finished:
+            state.progress.episode_finished(failed=state.episode.status is not EpisodeStatus.OK)
         state.finished = True
         state.episode.end_reason = reason
 
     def _fail(self, state: _Live, message: str) -> None:
-        self._finish(state, "failed")
         state.episode.status = EpisodeStatus.FAILED
         state.episode.error = message
+        self._finish(state, "failed")
 
     def _env_error(self, state: _Live, call: str, problem: str) -> None:
         """The environment's own code broke in ``call``: this episode ends as ``ENV_ERROR`` (left out
@@ -524,9 +537,9 @@ class RolloutEngine:
         log.warning("episode failed: %s", message)
         if state.episode.turns:
             state.episode.turns[-1].info[ENV_ERROR_KEY] = message
-        self._finish(state, "env_error")
         state.episode.status = EpisodeStatus.ENV_ERROR
         state.episode.error = message
+        self._finish(state, "env_error")
 
     def _retokenization_differs(self, state: _Live) -> bool:
         """Whether the ids held at the episode's last appended environment message differ from a

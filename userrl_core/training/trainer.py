@@ -123,8 +123,9 @@ class Trainer:
         cfg = self.config
         t0 = time.perf_counter()
         sim_before = self.c.simulator_stats()
-        with self.progress.phase(f"step {self.step}/{self.total_steps}: rollout of {len(tasks)} tasks x {cfg.rollout.n}"):
-            result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step)
+        with self.progress.phase("rollout") as reporter:
+            result = await self.c.engine.run(tasks, cfg.rollout.n, seed=cfg.trainer.seed * 1_000_003 + self.step,
+                                             progress=reporter)
         t_rollout = time.perf_counter() - t0
         metrics: dict[str, float] = dict(result.metrics)
         metrics.update(simulator_delta(sim_before, self.c.simulator_stats()))
@@ -174,12 +175,12 @@ class Trainer:
         metrics["critic/advantages/min"] = float(batch.advantages[mask].min()) if mask.any() else 0.0
 
         t1 = time.perf_counter()
-        with self.progress.phase(f"step {self.step}/{self.total_steps}: old log-probs"):
+        with self.progress.phase("log-probs"):
             batch.old_logprobs = self.c.training.compute_logprobs(batch)
             if cfg.actor.use_kl_loss:
                 batch.ref_logprobs = self.c.training.compute_logprobs(batch, reference=True)
         t2 = time.perf_counter()
-        with self.progress.phase(f"step {self.step}/{self.total_steps}: update ({len(kept)} episodes)"):
+        with self.progress.phase("update"):
             metrics.update(self.c.training.update(batch))
         self._check_finite_update(metrics)
         t3 = time.perf_counter()
@@ -238,9 +239,9 @@ class Trainer:
         t0 = time.perf_counter()
         n = self.config.rollout.val_n
         sim_before = self.c.simulator_stats()
-        with self.progress.phase(f"validation on {len(self.val_tasks)} tasks x {n}"):
+        with self.progress.phase("validate") as reporter:
             episodes, metrics = await run_validation(self.c.engine, self.val_tasks, n, seed=self.config.trainer.seed,
-                                                     batch_size=self.config.data.val_batch_size)
+                                                     batch_size=self.config.data.val_batch_size, progress=reporter)
         for key, value in simulator_delta(sim_before, self.c.simulator_stats()).items():
             metrics[key.replace("simulator/", "val-aux/simulator/")] = value
         self._count_failures(metrics, episodes, prefix="val-aux/simulator/")
@@ -345,11 +346,14 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         self._hooks("on_run_start")
         if cfg.val_before_train and self.step == 0 and self.val_tasks:
-            val = await self._validate()
-            self.recorder.log(0, 0, val)
+            with self.progress.stage(f"step 0/{self.total_steps}"):
+                val = await self._validate()
+                self.recorder.log(0, 0, val)
+                if self.handle.best_step == 0:  # the untrained model can be the one to roll back to
+                    with self.progress.phase("checkpoint"):
+                        best = self.checkpoints.save_best(0, self.handle.best_score, self._write_checkpoint)
             self.progress.step(0, val)
-            if self.handle.best_step == 0:  # the untrained model can be the one to roll back to
-                best = self.checkpoints.save_best(0, self.handle.best_score, self._write_checkpoint)
+            if self.handle.best_step == 0:
                 self._hooks("on_checkpoint_saved", step=0, path=best, is_best=True)
             self._act_on_pending()
 
@@ -360,13 +364,15 @@ class Trainer:
             self.step += 1
             self.handle.step = self.step
             t0 = time.perf_counter()
-            metrics = await self._train_step(tasks)
-            last = self.step == self.total_steps
-            if self._due(cfg.test_freq, last):
-                metrics.update(await self._validate())
-            best_now = self.handle.best_step == self.step
-            if self._due(cfg.save_freq, last) or best_now:
-                self._save(is_best=best_now)
+            with self.progress.stage(f"step {self.step}/{self.total_steps}"):
+                metrics = await self._train_step(tasks)
+                last = self.step == self.total_steps
+                if self._due(cfg.test_freq, last):
+                    metrics.update(await self._validate())
+                best_now = self.handle.best_step == self.step
+                if self._due(cfg.save_freq, last) or best_now:
+                    with self.progress.phase("checkpoint"):
+                        self._save(is_best=best_now)
             elapsed = time.perf_counter() - t0
             metrics["perf/time_per_step"] = elapsed
             metrics["perf/throughput"] = metrics.get("perf/total_num_tokens", 0.0) / max(elapsed, 1e-9)
