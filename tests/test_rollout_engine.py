@@ -217,7 +217,10 @@ def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, worl
             assert turn.action == Action("action", f"Question {k} for {episode.task.id}?")
         assert episode.turns[0].observation == f"echo: Question 0 for {episode.task.id}?"
         assert episode.messages[3] == {"role": "user", "content": episode.turns[0].observation}
-        assert episode.response_length == sum(t.end - t.start for t in episode.turns)
+        # verl's response: everything after the opening (the echoes between turns included);
+        # the policy's own tokens are the turn spans
+        assert episode.policy_tokens == sum(t.end - t.start for t in episode.turns)
+        assert episode.response_length == len(episode.token_ids) - episode.prompt_length > episode.policy_tokens
         assert episode.metrics == {"coverage": 0.75, "score": 3.0}
     if mode == "sync":
         assert [len(r.prompts) for r in policy.requests] == [4, 4, 4]  # one batch per turn
@@ -231,7 +234,10 @@ def test_plain_text_episodes_are_exactly_the_sampled_tokens(smol_tokenizer, worl
     assert metrics["rollout/invalid_action_rate"] == 0.0 and metrics["rollout/no_action_rate"] == 0.0
     assert metrics["env/coverage/mean"] == 0.75 and metrics["env/score/mean"] == 3.0
     assert metrics["response_length/mean"] == pytest.approx(
-        sum(e.response_length for e in result.episodes) / 4)
+        sum(len(e.token_ids) - e.prompt_length for e in result.episodes) / 4)
+    assert metrics["rollout/policy_tokens/mean"] == pytest.approx(
+        sum(t.end - t.start for e in result.episodes for t in e.turns) / 4)
+    assert metrics["rollout/policy_tokens/mean"] < metrics["response_length/mean"]
     assert metrics["prompt_length/mean"] == result.episodes[0].prompt_length
     assert metrics["rollout/retokenization_mismatch_rate"] == 0.0
     assert metrics["timing_s/generate"] > 0 and metrics["timing_s/env"] > 0

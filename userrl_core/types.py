@@ -263,6 +263,13 @@ class Episode:
 
     @property
     def response_length(self) -> int:
+        """Every token after the opening prompt: the policy's turns and the environment's replies
+        and template tokens between them (verl's ``response_length``)."""
+        return len(self.token_ids) - self.prompt_length
+
+    @property
+    def policy_tokens(self) -> int:
+        """The tokens the policy sampled (``sum(loss_mask)``)."""
         return int(sum(self.loss_mask))
 
 

@@ -279,7 +279,8 @@ class GuardRule(Section):
     - ``val_reward_drop``: validation reward < threshold × best validation reward so far
       (only once a positive best exists, and only when best − value ≥ ``min_drop``);
     - ``entropy_collapse``: ``actor/entropy`` < threshold × its reference;
-    - ``response_length_collapse``: ``response_length/mean`` < threshold × its reference;
+    - ``response_length_collapse``: ``response_length/mean`` (the whole response after the
+      opening, simulator replies included, as verl counts it) < threshold × its reference;
     - ``invalid_action_spike``: ``rollout/invalid_action_rate`` > threshold;
     - ``simulator_failure_spike``: ``simulator/failure_rate`` > threshold;
     - ``env_error_spike``: ``rollout/env_error_rate`` (episodes whose environment raised or

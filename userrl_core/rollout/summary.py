@@ -44,7 +44,9 @@ def _mean(values: Iterable[float]) -> float:
 
 def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[str, float]:
     """``rollout/*``, ``response_length/*``, ``prompt_length/*``, ``timing_s/*`` and
-    ``env/<metric>/mean`` for one batch of episodes. ``rollout/mode/<mode>`` (1) names the mode
+    ``env/<metric>/mean`` for one batch of episodes. ``response_length/*`` counts the whole
+    response after the opening, simulator replies included, as verl does;
+    ``rollout/policy_tokens/*`` only the tokens the policy sampled. ``rollout/mode/<mode>`` (1) names the mode
     they ran in; in async mode ``timing_s/generate`` and ``timing_s/env`` are the wall time during
     which any generation or environment step was running (they overlap)."""
     turns = [turn for episode in episodes for turn in episode.turns]
@@ -55,6 +57,7 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
     env_steps = sum(1 for t in turns if t.action is not None and not t.invalid)
     failed_steps = sum(1 for t in turns if SIMULATOR_ERROR_KEY in t.info)
     responses = [e.response_length for e in episodes]
+    sampled = [e.policy_tokens for e in episodes]
     prompts = [e.prompt_length for e in episodes]
     metrics: dict[str, float] = {
         "rollout/episodes": float(len(episodes)),
@@ -75,6 +78,9 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
         "response_length/mean": _mean(responses),
         "response_length/max": float(max(responses, default=0)),
         "response_length/min": float(min(responses, default=0)),
+        "rollout/policy_tokens/mean": _mean(sampled),
+        "rollout/policy_tokens/max": float(max(sampled, default=0)),
+        "rollout/policy_tokens/min": float(min(sampled, default=0)),
         "prompt_length/mean": _mean(prompts),
         "prompt_length/max": float(max(prompts, default=0)),
         "timing_s/generate": counters.generate_s,

@@ -1,7 +1,8 @@
 """Where a step's numbers go: ``metrics.jsonl``, transcripts, the console, and wandb.
 
-Metric names follow verl/UserRL where one exists (``critic/score/mean``,
-``val-core/<data_source>/reward/mean@1``, ``actor/entropy``), so dashboards carry over.
+A metric under one of verl's names has verl's meaning (``critic/score/mean``,
+``val-core/<data_source>/reward/mean@1``, ``actor/entropy``), so dashboards carry over; ours
+have names of their own. docs/metrics.md lists every metric and what it means.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ def simulator_delta(before: dict[str, float], after: dict[str, float]) -> dict[s
 def console_line(step: int, total: int, metrics: dict[str, float]) -> str:
     """The one-line step summary printed to the console."""
     keys = [
-        ("score", "critic/score/mean"),
+        ("reward", "critic/rewards/mean"),
+        ("score", "userrl/trajectory_score/mean"),
         ("turns", "rollout/turns/mean"),
         ("cov", "env/coverage/mean"),
         ("invalid", "rollout/invalid_action_rate"),

@@ -30,11 +30,12 @@ from userrl_core.rollout.progress import ProgressTally, RolloutProgress
 from userrl_core.training.metrics import console_line
 
 _COLUMNS = [
-    ("score", "critic/score/mean", "{:.3f}"),
     ("reward", "critic/rewards/mean", "{:.3f}"),
+    ("score", "userrl/trajectory_score/mean", "{:.3f}"),
     ("cover", "env/coverage/mean", "{:.2f}"),
     ("turns", "rollout/turns/mean", "{:.1f}"),
     ("resp", "response_length/mean", "{:.0f}"),
+    ("sampled", "rollout/policy_tokens/mean", "{:.0f}"),
     ("invalid", "rollout/invalid_action_rate", "{:.2f}"),
     ("sim err", "simulator/errors", "{:.0f}"),
     ("loss", "actor/pg_loss", "{:.4f}"),

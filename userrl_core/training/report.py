@@ -238,7 +238,7 @@ def plot_validation_by_source(data: RunData, path: Path) -> Path:
 def plot_response_length(data: RunData, path: Path) -> Path:
     fig, (ax,) = _figure(1)
     plotted = False
-    for key in ("response_length/mean", "response_length/max", "prompt_length/mean"):
+    for key in ("response_length/mean", "response_length/max", "rollout/policy_tokens/mean", "prompt_length/mean"):
         steps, values = data.series(key)
         if steps:
             ax.plot(steps, values, label=key, linewidth=1.4)
@@ -248,7 +248,7 @@ def plot_response_length(data: RunData, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "response_length/mean: not recorded", ha="center", va="center", transform=ax.transAxes)
     _mark_decisions(ax, data.decisions, label=False)
-    ax.set_title("Tokens per episode")
+    ax.set_title("Tokens per episode (response: all after the opening; policy tokens: sampled)")
     _step_axis(ax)
     ax.grid(alpha=0.3)
     fig.savefig(path)

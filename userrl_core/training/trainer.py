@@ -41,6 +41,7 @@ from userrl_core.run import RunHandle
 from userrl_core.training import batching
 from userrl_core.training.build import Components, build_components
 from userrl_core.training.checkpoint import CheckpointManager
+from userrl_core.training.data_metrics import trained_batch_metrics
 from userrl_core.training.geometry import plan_geometry
 from userrl_core.training.metrics import RunRecorder, count_failed_turns, simulator_delta
 from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
@@ -138,7 +139,6 @@ class Trainer:
         metrics["simulator/failed_episodes"] = float(sum(e.status is EpisodeStatus.FAILED for e in episodes))
         self._check_failure_rate(metrics, episodes)
         kept = selection.kept
-        metrics["critic/rewards/mean"] = _mean([e.metrics.get("score", sum(e.turn_rewards)) for e in kept])
         if not kept:
             self.steps_without_update += 1
             limit = cfg.trainer.max_steps_without_update
@@ -166,13 +166,7 @@ class Trainer:
         batch.advantages = grpo_multiturn_advantages(
             token_turn, credits, scores, groups, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
         ).to(torch.float32)
-        metrics["critic/score/mean"] = float(scores.mean())
-        metrics["critic/score/max"] = float(scores.max())
-        metrics["critic/score/min"] = float(scores.min())
-        mask = batch.loss_mask.bool()
-        metrics["critic/advantages/mean"] = float(batch.advantages[mask].mean()) if mask.any() else 0.0
-        metrics["critic/advantages/max"] = float(batch.advantages[mask].max()) if mask.any() else 0.0
-        metrics["critic/advantages/min"] = float(batch.advantages[mask].min()) if mask.any() else 0.0
+        metrics.update(trained_batch_metrics(kept, scores, batch.advantages, batch.loss_mask))
 
         t1 = time.perf_counter()
         with self.progress.phase("log-probs"):
@@ -190,6 +184,7 @@ class Trainer:
         tokens = float(batch.attention_mask.sum())
         metrics.update({
             "timing_s/rollout": t_rollout,
+            "timing_s/gen": t_rollout,  # verl's name for the generation phase, which includes the turns
             "timing_s/old_log_prob": t2 - t1,
             "timing_s/update_actor": t3 - t2,
             "timing_s/sync_weights": t4 - t3,
@@ -375,6 +370,8 @@ class Trainer:
                         self._save(is_best=best_now)
             elapsed = time.perf_counter() - t0
             metrics["perf/time_per_step"] = elapsed
+            metrics["timing_s/step"] = elapsed
+            metrics["training/global_step"] = float(self.step)
             metrics["perf/throughput"] = metrics.get("perf/total_num_tokens", 0.0) / max(elapsed, 1e-9)
             metrics["training/epoch"] = float(self.epoch)
             self.recorder.log(self.step, self.epoch, metrics)
@@ -414,10 +411,6 @@ class Trainer:
             "tasks": {split: task_set.summary() for split, task_set in self.task_sets.items()},
             "run_dir": str(self.run_dir),
         }
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else 0.0
 
 
 def _run_dir(config: RunConfig, run_dir: str | None) -> Path:
