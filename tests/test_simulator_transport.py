@@ -80,16 +80,16 @@ def test_direct_transport_reuses_connections(srv):
     assert srv.connection_count <= 8  # keep-alive: later rounds ride the first round's connections
 
 
-def test_direct_sessions_close_with_their_event_loop(srv):
+def test_direct_connections_close_with_their_event_loop(srv):
     sim = make(srv, "direct")
     client = sim._direct
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):  # a new loop each time, no aclose()
             assert asyncio.run(sim.complete(REQUEST)).text == "ok"
-            assert client.open_sessions() == 0  # closed when asyncio.run shut its loop down
+            assert client.open_connections() == 0  # closed when asyncio.run shut its loop down
         gc.collect()
-    assert client.sessions_made == 3 and len(client._sessions) == 1  # closed loops' entries pruned
+    assert client.connections_made == 3 and len(client._http._idle) <= 1  # closed loops' entries pruned
     assert [w for w in caught if "nclosed" in str(w.message)] == []
 
 

@@ -8,9 +8,8 @@ case where no provider translation is needed (``openai/<name>`` with an ``api_ba
 ``litellm`` simulator sends the request with this client instead (``simulator.extra.transport``
 picks; see docs/benchmarks.md for the measurements).
 
-* One ``aiohttp`` session, i.e. one keep-alive connection pool, per event loop. A session is
-  bound to the loop that made it; it is closed by :meth:`aclose`, or when ``asyncio.run`` shuts
-  its loop down (an async generator that the loop finalises holds it).
+* HTTP goes through :class:`.http1.Http1Client`: keep-alive connections pooled per event loop,
+  closed by :meth:`ChatCompletionsClient.aclose` or when ``asyncio.run`` shuts the loop down.
 * Failures are raised as the OpenAI SDK's exception classes (``RateLimitError``,
   ``InternalServerError``, ``APITimeoutError``, ...), the same ones LiteLLM raises, so retry
   decisions and error texts do not depend on the transport.
@@ -22,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
-from typing import Any, AsyncIterator
+from typing import Any
 
-import aiohttp
 import httpx
 import openai
+
+from userrl_plugins.simulators.http1 import Http1Client
 
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     400: openai.BadRequestError,
@@ -63,78 +62,42 @@ class ChatCompletionsClient:
     """POSTs chat completions to ``{api_base}/chat/completions``; safe to share between tasks."""
 
     def __init__(self, api_base: str, *, api_key: str | None) -> None:
-        self.sessions_made = 0
         self.url = api_base.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
-            weakref.WeakKeyDictionary()
-        )
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = Http1Client(self.url, headers=headers)
 
     async def create(self, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """Send one request; returns the decoded JSON object or raises (see the module doc)."""
-        session = await self._session()
-        data = json.dumps(body)
         try:
-            async with session.post(self.url, data=data, headers=self._headers,
-                                    timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-                text = await response.text()
-                status = response.status
-                headers = response.headers
+            response = await self._http.post(json.dumps(body).encode(), timeout=timeout)
         except asyncio.TimeoutError:
             raise openai.APITimeoutError(request=httpx.Request("POST", self.url)) from None
-        except aiohttp.ClientError as exc:
+        except OSError as exc:  # refused, reset, closed mid-response, not HTTP
             raise openai.APIConnectionError(message=f"Connection error: {exc}",
                                             request=httpx.Request("POST", self.url)) from None
-        if status >= 400:
-            raise status_error(status, self.url, text, headers)
+        if response.status >= 400:
+            raise status_error(response.status, self.url, response.body.decode("utf-8", "replace"),
+                               response.headers)
         try:
-            decoded = json.loads(text)
+            decoded = json.loads(response.body)
         except ValueError:
+            text = response.body.decode("utf-8", "replace")
             raise MalformedBody(f"the response body is not JSON: {text[:160]!r}") from None
         if not isinstance(decoded, dict):
+            text = response.body.decode("utf-8", "replace")
             raise MalformedBody(f"the response body is not a JSON object: {text[:160]!r}")
         return decoded
 
-    def open_sessions(self) -> int:
-        """Sessions not closed yet (one per live event loop that used this client)."""
-        return sum(1 for session in self._sessions.values() if not session.closed)
+    @property
+    def connections_made(self) -> int:
+        return self._http.connections_made
+
+    def open_connections(self) -> int:
+        """Idle keep-alive connections held open (they close with their event loop)."""
+        return self._http.open_connections()
 
     async def aclose(self) -> None:
-        """Close the current loop's session (sessions of other loops close with their loop)."""
-        loop = asyncio.get_running_loop()
-        session = self._sessions.pop(loop, None)
-        self._keepers.pop(loop, None)
-        if session is not None and not session.closed:
-            await session.close()
-
-    async def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            for old in [other for other in self._sessions if other.is_closed()]:
-                # a session refers to its loop, so the weak keys alone would never let go
-                self._sessions.pop(old, None)
-                self._keepers.pop(old, None)
-            # no connection limit here: the simulator's semaphore bounds the requests in flight
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
-            self._sessions[loop] = session
-            self.sessions_made += 1
-            keeper = _close_at_loop_shutdown(session)
-            await keeper.__anext__()
-            self._keepers[loop] = keeper
-        return session
-
-
-async def _close_at_loop_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
-    """Suspended until the loop finalises it (``asyncio.run`` does at exit), then closes the
-    session there, while the loop still runs."""
-    try:
-        yield
-    finally:
-        if not session.closed:
-            await session.close()
+        """Close the current loop's connections (those of other loops close with their loop)."""
+        await self._http.aclose()
