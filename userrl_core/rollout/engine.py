@@ -52,6 +52,7 @@ from userrl_core.rollout.summary import (
     RolloutCounters,
     rollout_metrics,
 )
+from userrl_core.rollout.gc_pause import rollout_collections
 from userrl_core.rollout.tokens import ChatTokens
 from userrl_core.types import (
     Action,
@@ -69,6 +70,19 @@ from userrl_core.types import (
     Task,
     Turn,
 )
+
+RETOKENIZATION_CHECKS = 32
+
+
+def retokenization_sample(episodes: int) -> range:
+    """The episodes (indices) whose held ids are compared with a fresh rendering: every one up to
+    :data:`RETOKENIZATION_CHECKS`, else that many evenly spaced. A check renders and tokenises
+    the whole conversation again (a few ms for a long one, as much client CPU as all of that
+    episode's turns together); a drift comes from the template or the tokenizer, the same for
+    every episode, so an even sample measures the rate at a bounded cost."""
+    stride = -(-episodes // RETOKENIZATION_CHECKS)
+    return range(0, episodes, max(1, stride))
+
 
 log = logging.getLogger("userrl")
 
@@ -175,14 +189,17 @@ class RolloutEngine:
         progress.rollout_started(len(tasks) * n)
         live = self._create(tasks, n, seed, progress)
         sampling = self._sampling(validation)
-        if self.settings.mode == "sync":
-            await self._run_in_lockstep(live, sampling, seed, validation, counters)
-        else:
-            await self._run_each_episode(live, sampling, seed, validation, counters)
-        for state in live:
+        with rollout_collections():
+            if self.settings.mode == "sync":
+                await self._run_in_lockstep(live, sampling, seed, validation, counters)
+            else:
+                await self._run_each_episode(live, sampling, seed, validation, counters)
+        checked = retokenization_sample(len(live))
+        for index, state in enumerate(live):
             self._collect_metrics(state)
-            if self._retokenization_differs(state):
-                counters.mismatched_episodes += 1
+            if index in checked:
+                counters.checked_episodes += 1
+                counters.mismatched_episodes += self._retokenization_differs(state)
         counters.total_s = time.perf_counter() - started
         episodes = [s.episode for s in live]
         return RolloutResult(episodes=episodes, metrics=rollout_metrics(episodes, counters))

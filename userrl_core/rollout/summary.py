@@ -29,7 +29,8 @@ class RolloutCounters:
     """What the engine counts while episodes run (not recoverable from episodes afterwards)."""
 
     truncated_turns: int = 0  # turns that hit max_new_tokens
-    mismatched_episodes: int = 0  # held ids differ from a fresh rendering at least once
+    checked_episodes: int = 0  # episodes whose held ids were compared with a fresh rendering
+    mismatched_episodes: int = 0  # ... and differed from it
     generate_s: float = 0.0
     env_s: float = 0.0
     total_s: float = 0.0
@@ -73,7 +74,9 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
         "rollout/env_steps": float(env_steps),
         "rollout/failed_env_steps": float(failed_steps),
         "rollout/failed_env_step_rate": failed_steps / env_steps if env_steps else 0.0,
-        "rollout/retokenization_mismatch_rate": counters.mismatched_episodes / len(episodes) if episodes else 0.0,
+        "rollout/retokenization_mismatch_rate": (counters.mismatched_episodes / counters.checked_episodes
+                                                 if counters.checked_episodes else 0.0),
+        "rollout/retokenization_checked_episodes": float(counters.checked_episodes),
         "rollout/episode_tokens/mean": _mean(len(e.token_ids) for e in episodes),
         "response_length/mean": _mean(responses),
         "response_length/max": float(max(responses, default=0)),
