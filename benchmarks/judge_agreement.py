@@ -121,7 +121,7 @@ def choose(probes: list[Probe]) -> tuple[float, float | None]:
 async def judge_latency(encoder: SentenceEncoder, tasks: list[IntentionTask], threshold: float) -> dict[str, float]:
     """Milliseconds per judge call through ``complete``: a cold pass on a fresh cache, then a
     warm pass on the same simulator (details cached, questions new)."""
-    sim = LocalSimulator(SimulatorConfig(name="local", judge_threshold=threshold), encoder=encoder)  # default margin
+    sim = LocalSimulator(SimulatorConfig(name="local", local={"judge_threshold": threshold}), encoder=encoder)  # default margin
     questions = {"cold": "Could you tell me more about what you need for: {}",
                  "warm": "What matters most to you in this? ({})"}
     out: dict[str, float] = {}

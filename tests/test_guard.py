@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from userrl_core.config import validate_config
-from userrl_core.config.schema import GuardConfig, RunConfig
+from userrl_core.config.schema import RunConfig
 from userrl_core.errors import ConfigError
 from userrl_core.run import RunHandle
 from userrl_plugins.lifecycle import guard
+from userrl_plugins.lifecycle.settings import GuardConfig
 
 VAL_KEY = "val-core/interact_intention/reward/mean@1"
 

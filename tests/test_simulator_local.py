@@ -84,8 +84,8 @@ def test_judge_covers_nothing_for_an_off_topic_question(sim):
 
 
 def test_threshold_is_respected(encoder):
-    strict = LocalSimulator(SimulatorConfig(name="local", judge_threshold=0.99), encoder=encoder)
-    lenient = LocalSimulator(SimulatorConfig(name="local", judge_threshold=-1.0, extra={"judge_margin": None}),
+    strict = LocalSimulator(SimulatorConfig(name="local", local={"judge_threshold": 0.99}), encoder=encoder)
+    lenient = LocalSimulator(SimulatorConfig(name="local", local={"judge_threshold": -1.0, "judge_margin": None}),
                              encoder=encoder)
     question = "Which kind of diabetes do you mean?"
     assert json.loads(run(strict.complete(judge(question))).text)["covered"] == []
@@ -95,7 +95,7 @@ def test_threshold_is_respected(encoder):
 def test_margin_keeps_look_alike_siblings_out(encoder):
     """Detail 1's inquiry also resembles detail 2's (both mention diabetes); the relative margin
     credits only the detail the question is closest to."""
-    without = LocalSimulator(SimulatorConfig(name="local", extra={"judge_margin": None}), encoder=encoder)
+    without = LocalSimulator(SimulatorConfig(name="local", local={"judge_margin": None}), encoder=encoder)
     with_margin = LocalSimulator(SimulatorConfig(name="local"), encoder=encoder)
     question = DETAILS[0]["inquiry"]
     assert len(json.loads(run(without.complete(judge(question))).text)["covered"]) > 1
@@ -105,8 +105,8 @@ def test_margin_keeps_look_alike_siblings_out(encoder):
 def test_bad_margin_is_a_config_error(encoder):
     from userrl_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="simulator.extra.judge_margin"):
-        LocalSimulator(SimulatorConfig(name="local", extra={"judge_margin": "wide"}), encoder=encoder)
+    with pytest.raises(ConfigError, match="simulator.local.judge_margin"):
+        LocalSimulator(SimulatorConfig(name="local", local={"judge_margin": "wide"}), encoder=encoder)
 
 
 def test_reply_states_an_option_of_the_matched_detail_only(sim):
@@ -188,8 +188,8 @@ def test_unknown_judge_format_fails_clearly(sim):
 
 
 def test_bad_model_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(MissingRequirementError, match="simulator.embedding_model"):
-        build_local_simulator(config=SimulatorConfig(name="local", embedding_model=str(tmp_path)))
+    with pytest.raises(MissingRequirementError, match="simulator.local.embedding_model"):
+        build_local_simulator(config=SimulatorConfig(name="local", local={"embedding_model": str(tmp_path)}))
 
 
 def test_registered_factory_builds_the_local_simulator():

@@ -93,6 +93,26 @@ def register_backends(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def register_settings(register: Callable[..., None]) -> None:
+    """Register the recipe sections a plugin owns (beyond ``env.<name>`` and
+    ``simulator.<name>``, which an environment's or simulator's factory owns through its
+    ``settings_model`` attribute).
+
+    Called once per plugin when the plugin manager loads.
+
+    :param register: ``register(section, model, description="", renamed=None)``. ``section``
+        is a top-level recipe key the core schema does not use (``"guard"``); ``model`` is a
+        pydantic model class that validates it (unknown keys should be forbidden); the
+        recipe loader validates the section with it (errors name the dotted key, exit status
+        2), ``userrl keys`` lists its fields, and the plugin reads it with
+        ``userrl_core.config.sections.section_settings(config, section, model)``.
+        ``renamed`` maps old dotted recipe keys to keys inside the section: a recipe that
+        still uses one keeps working with one warning line. Duplicate sections are contested.
+    :returns: nothing.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Run lifecycle: called by the trainer; loggers, stoppers and reporters implement these
 # --------------------------------------------------------------------------------------------

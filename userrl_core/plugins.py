@@ -42,8 +42,26 @@ REGISTRATION_HOOKS = (
     "register_simulators",
     "register_rewards",
     "register_backends",
+    "register_settings",
 )
 HOOK_NAMES = tuple(name for name, obj in vars(hookspecs).items() if hasattr(obj, f"{hookspecs.PROJECT}_spec"))
+
+
+def settings_section(section: str, model: Any, renamed: dict[str, str] | None) -> Any:
+    """Check what ``register_settings`` was given: a top-level recipe key the core schema does
+    not use, and a pydantic model."""
+    from pydantic import BaseModel
+
+    from userrl_core.config.schema import RunConfig
+    from userrl_core.config.sections import SettingsSection
+
+    if not isinstance(section, str) or not section.isidentifier():
+        raise ValueError(f"register_settings: section {section!r} is not a top-level recipe key")
+    if section in RunConfig.model_fields:
+        raise ValueError(f"register_settings: section {section!r} belongs to the core recipe schema")
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError(f"register_settings: the model of section {section!r} is not a pydantic model class")
+    return SettingsSection(model=model, renamed=dict(renamed or {}))
 
 
 class PluginLoadError(UserError):
@@ -192,6 +210,12 @@ class PluginManager:
             return lambda name, factory, description="": record(Kind.ENVIRONMENT, name, factory, description)
         if hook_name == "register_simulators":
             return lambda name, factory, description="": record(Kind.SIMULATOR, name, factory, description)
+        if hook_name == "register_settings":
+            def register_section(section: str, model: Any, description: str = "",
+                                 renamed: dict[str, str] | None = None) -> None:
+                record(Kind.SETTINGS, section, settings_section(section, model, renamed), description)
+
+            return register_section
 
         allowed = (
             {"turn_credit": Kind.TURN_CREDIT, "trajectory_score": Kind.TRAJECTORY_SCORE}

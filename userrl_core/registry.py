@@ -22,6 +22,7 @@ class Kind(str, enum.Enum):
     TRAJECTORY_SCORE = "trajectory_score"
     ROLLOUT_BACKEND = "rollout"
     TRAINING_BACKEND = "training"
+    SETTINGS = "settings"  # a recipe section a plugin owns (register_settings)
 
     @property
     def label(self) -> str:
@@ -30,6 +31,7 @@ class Kind(str, enum.Enum):
             Kind.TRAINING_BACKEND: "training backend",
             Kind.TURN_CREDIT: "turn-credit method",
             Kind.TRAJECTORY_SCORE: "trajectory-score method",
+            Kind.SETTINGS: "settings section",
         }.get(self, self.value)
 
 

