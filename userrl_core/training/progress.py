@@ -7,7 +7,7 @@ flight and failed. The rollout engine reports those through
 :class:`~userrl_core.rollout.progress.RolloutProgress`; this module only draws them. In a
 terminal the line is a rich live display that disappears when the step ends, leaving the step's
 row; when stderr is not a terminal it becomes plain lines (one when a phase starts, one when a
-rollout ends, and one every ``plain_interval_s`` while a phase runs long). ``logging.progress:
+rollout ends, and one every ``plain_interval_s`` while a rollout runs long). ``logging.progress:
 false`` keeps only the rows.
 
 Printed to stderr, so stdout stays free for the final summary.
@@ -16,9 +16,10 @@ Printed to stderr, so stdout stays free for the final summary.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
-from typing import Iterator
+from typing import IO, Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -92,16 +93,20 @@ class ConsoleProgress:
         self._label, self._phase = label, ""
         self._stage_started = time.monotonic()
         self.tally.reset()
-        if self.live:
-            self._display = Live(console=self.console, transient=True, refresh_per_second=4,
-                                 get_renderable=self._renderable, redirect_stdout=False, redirect_stderr=False)
-            self._display.start()
-        try:
+        if not self.live:
             yield
+            return
+        stderr = sys.stderr
+        self._display = Live(console=self.console, transient=True, refresh_per_second=4,
+                             get_renderable=self._renderable, redirect_stdout=False, redirect_stderr=True)
+        self._display.start()
+        try:
+            # log lines go above the live line (written past it, the next redraw would erase them)
+            with _log_handlers_writing_to(stderr, sys.stderr):
+                yield
         finally:
-            if self._display is not None:
-                self._display.stop()
-                self._display = None
+            self._display.stop()
+            self._display = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[RolloutProgress]:
@@ -193,6 +198,20 @@ class ConsoleProgress:
 
     def message(self, text: str) -> None:
         self.console.print(text)
+
+
+@contextlib.contextmanager
+def _log_handlers_writing_to(old: IO[str], new: IO[str]) -> Iterator[None]:
+    """Point the logging handlers that write to ``old`` at ``new`` for the block."""
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is old]
+    for handler in handlers:
+        handler.setStream(new)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(old)
 
 
 def quiet_third_party_output() -> None:
