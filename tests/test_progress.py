@@ -18,6 +18,7 @@ import pty
 import re
 import select
 import subprocess
+import sys
 import time
 
 import pytest
@@ -102,6 +103,29 @@ def test_console_prints_plain_lines_when_not_a_terminal_and_nothing_when_off():
     with off.stage("step 1/3"), off.phase("rollout") as reporter:
         reporter.rollout_started(2)
     assert quiet.getvalue() == ""
+
+
+LOG_DURING_A_STEP = """
+import logging, sys, time
+from userrl_core.training.progress import ConsoleProgress
+logging.basicConfig(level=logging.WARNING, format="userrl: %(levelname)s: %(message)s", stream=sys.stderr)
+progress = ConsoleProgress(2, live=True)
+with progress.stage("step 1/2"), progress.phase("rollout") as reporter:
+    reporter.rollout_started(4)
+    reporter.busy("generate", 4)
+    time.sleep(0.6)
+    logging.getLogger("userrl").warning("episode failed: a test warning")
+    time.sleep(0.6)
+"""
+
+
+def test_a_log_line_during_a_step_is_printed_above_the_live_line_not_erased_by_it():
+    code, shown = run_in_pty([sys.executable, "-c", LOG_DURING_A_STEP], cli_env(), timeout=60)
+    assert code == 0, shown
+    assert "step 1/2 · generate · episodes 0/4" in shown
+    # the live line is erased, the warning printed on its own line, then the live line redrawn
+    # below it; written straight to stderr it would share the live line and go with its redraw
+    assert re.search(r"\x1b\[2Kuserrl: WARNING: episode failed: a test warning\r\n", shown), repr(shown)
 
 
 # ------------------------------------------------------------------ the engine reports through it
