@@ -74,17 +74,22 @@ class ContinuousBatchingStandIn:
         self.tokenizer, self.end_of_turn, self.turns = tokenizer, end_of_turn, turns
         self.seed = 0
         self.replies: list[list[list[int]]] = []
+        self.latencies: list[list[float]] = []
         self.next_turn: list[int] = []
 
     def prepare(self, seed: int) -> None:
-        """Tokenise every (episode, turn) reply for draw seed ``seed`` (outside the timing)."""
+        """Tokenise every (episode, turn) reply and draw its latency for draw seed ``seed``
+        (outside the timing: a policy server's own work is not the client's CPU)."""
         self.seed = seed
         self.next_turn = [0] * len(self.episode_of)
+        episodes = range(len(self.episode_of))
         self.replies = [
             [self.tokenizer.encode(f"Question {tag(seed, e, t)}: {QUESTION}", add_special_tokens=False)
              + [self.end_of_turn] for t in range(self.turns)]
-            for e in range(len(self.episode_of))
+            for e in episodes
         ]
+        self.latencies = [[draw_latency(seed, e, t, "policy", self.median_s, self.sigma) for t in range(self.turns)]
+                          for e in episodes]
 
     async def generate(self, request: Any) -> Any:
         from userrl_core.types import GenerationResult
@@ -94,7 +99,7 @@ class ContinuousBatchingStandIn:
             episode = self.episode_of[tuple(prompt[:self.prefix])]
             turn = self.next_turn[episode]
             self.next_turn[episode] += 1
-            latency = max(latency, draw_latency(self.seed, episode, turn, "policy", self.median_s, self.sigma))
+            latency = max(latency, self.latencies[episode][turn])
             ids.append(self.replies[episode][turn][: request.max_new_tokens])
         await asyncio.sleep(latency)
         return GenerationResult(token_ids=ids, logprobs=None)
