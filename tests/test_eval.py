@@ -86,6 +86,8 @@ def test_cli_eval_in_a_subprocess(run_folder, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "val-core/interact_intention/reward/mean@1" in done.stdout
+    # progress while it runs: piped, plain lines (README, "Command line")
+    assert "eval val · validate done · episodes 1/1" in done.stderr, done.stderr[-3000:]
     result = json.loads((out / "eval.json").read_text())
     assert result["tasks"] == 1 and result["n"] == 1
     bad = subprocess.run([sys.executable, "-m", "userrl_core.cli", "eval", str(tmp_path / "missing")],

@@ -155,6 +155,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     from userrl_core.training.metrics import episode_record, simulator_delta
     from userrl_core.data import check_prompt_lengths
     from userrl_core.training.build import build_components
+    from userrl_core.training.progress import ConsoleProgress
     from userrl_core.training.validation import run_validation
 
     if n < 1:
@@ -186,10 +187,13 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     check_prompt_lengths(tasks, components.engine.opening_length, config.data.max_prompt_length)
     sim_before = components.simulator_stats()
 
+    progress = ConsoleProgress(0, live=config.logging.progress)
+
     async def run_all():
         try:
-            return await run_validation(components.engine, tasks, n, seed=config.trainer.seed,
-                                        batch_size=config.data.val_batch_size)
+            with progress.stage(f"eval {Path(split).name}"), progress.phase("validate") as reporter:
+                return await run_validation(components.engine, tasks, n, seed=config.trainer.seed,
+                                            batch_size=config.data.val_batch_size, progress=reporter)
         finally:
             if components.simulator is not None:
                 await components.simulator.aclose()
