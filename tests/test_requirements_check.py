@@ -115,3 +115,33 @@ def test_fsdp_on_cuda_without_gpu_ranks_is_one_config_error(tmp_path):
     config.actor.backend, config.trainer.device, config.trainer.n_gpus_per_node = "fsdp", "cuda", 0
     with pytest.raises(ConfigError, match=r"trainer.n_gpus_per_node"):
         make_training_backend(config=config)
+
+
+def test_a_third_party_factory_declares_its_requirements(tmp_path):
+    """The pre-flight asks the factory the recipe names; it knows no backend by name."""
+    from userrl_core import hookimpl
+    from userrl_core.plugins import PluginManager
+    from userrl_core.preflight.memory_estimate import geometry_from_config
+    from userrl_core.types import Requirements
+
+    def make_rollout(*, config, **kwargs):
+        raise AssertionError("the pre-flight never builds a backend")
+
+    make_rollout.requirements = lambda config: Requirements(
+        modules={"warp_drive": "pip install warp-drive"}, files={"env.X.corpus": str(tmp_path / "absent.json")},
+        gpu_memory_fraction=0.3, why="engines warp")
+
+    class ThirdParty:
+        @hookimpl
+        def register_backends(self, register):
+            register("rollout", "warp", make_rollout)
+
+    manager = PluginManager()
+    manager.add_plugin(ThirdParty())
+    config = load_recipe("recipes/quickstart.yaml", ["rollout.backend=warp"])
+    missing = find_missing(config, gpu_count=lambda: 0, module_available=lambda m: m != "warp_drive",
+                           environ={}, registry=manager.registry)
+    assert [(m.key, m.fix) for m in missing] == [("rollout.backend", "pip install warp-drive"),
+                                                 ("env.X.corpus", "fix the path")]
+    assert "'warp' needs the Python module(s) 'warp_drive' (engines warp)" in str(missing[0])
+    assert geometry_from_config(config, registry=manager.registry).rollout_mem_fraction == 0.3

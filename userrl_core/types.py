@@ -128,7 +128,10 @@ class EnvironmentFactory(Protocol):
       environments all say so builds none (``simulator.name: none`` is then allowed too);
     - ``validate_task(task, settings=None)``: called by the task loader for every row; a
       ``ValueError`` is reported with the file and row;
-    - ``default_tasks``: a task file path, used by ``userrl simulate`` without ``--tasks``.
+    - ``default_tasks``: a task file path, used by ``userrl simulate`` without ``--tasks``;
+    - ``report_metrics``: ``{metric: short label}`` of the environment's own ``metrics()`` keys
+      that the console's step row and ``userrl eval``'s summary show (e.g. ``{"coverage":
+      "cover"}``); every metric is logged in ``metrics.jsonl`` either way.
     """
 
     def __call__(
@@ -139,6 +142,27 @@ class EnvironmentFactory(Protocol):
 # --------------------------------------------------------------------------------------------
 # User simulators
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a plugin factory needs on the machine for one run, declared by the factory as an
+    optional attribute ``requirements(config) -> Requirements`` (``config``: the ``RunConfig``).
+    The pre-flight (``userrl run``, ``--dry-run``, ``userrl doctor``) asks every factory the
+    recipe names and reports what is missing before anything loads; it never names a plugin.
+
+    - ``modules``: Python module -> install hint; each must be importable.
+    - ``files``: recipe key -> path that must exist.
+    - ``gpu_memory_fraction``: share of each training GPU this factory keeps for itself while
+      training runs (a rollout engine colocated with the trainer); the dry run's memory
+      estimate adds it.
+    - ``why``: what needs them, for the message (``"ranks are placed with Ray"``).
+    """
+
+    modules: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    gpu_memory_fraction: float = 0.0
+    why: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from userrl_core import hookimpl
 from userrl_core.config.sections import section_settings
+from userrl_core.types import Requirements
 from userrl_plugins.backends.ray_settings import RayConfig
 
 # torch is imported inside the factory: listing plugins stays fast.
@@ -65,6 +66,18 @@ def make_training_backend(*, config: Any, total_steps: int | None = None, **kwar
     tokenizer = load_tokenizer(tokenizer_dir, chat_template=config.model.chat_template,
                                trust_remote_code=config.model.trust_remote_code)
     return FSDPTrainingBackend(group, tokenizer, on_close=lambda: atexit.unregister(group.shutdown))
+
+
+def _requirements(config: Any) -> Requirements:
+    """Ray, when the ranks run as Ray actors (``ray.enabled``; by default on GPUs)."""
+    _, on_gpu = training_world(config)
+    enabled = ray_settings(config).enabled
+    if (enabled if enabled is not None else on_gpu):
+        return Requirements(modules={"ray": "pip install 'userrl[ray]'"}, why="the fsdp backend places GPU ranks with Ray")
+    return Requirements()
+
+
+make_training_backend.requirements = _requirements  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from typing import Any
 
 from userrl_core import hookimpl
 from userrl_core.errors import ConfigError
+from userrl_core.types import Requirements
 from userrl_plugins.backends.sglang_backend import SGLangRollout
 
 USERRL_REQUIRES = {"sglang": "pip install 'userrl[sglang]' (needs CUDA)"}
@@ -48,6 +49,17 @@ def make_rollout_backend(*, config: Any, trainer: Any = None, engine_factory: st
     rollout.placement = placed
     trainer.before_training.append(rollout.release_memory)
     return rollout
+
+
+def _requirements(config: Any) -> Requirements:
+    # the engine's memory is released and resumed through torch_memory_saver, which sglang does not require
+    hint = "pip install 'userrl[sglang]' (needs a CUDA machine)"
+    return Requirements(modules={"sglang": hint, "torch_memory_saver": hint},
+                        gpu_memory_fraction=config.rollout.gpu_memory_utilization,
+                        why="a colocated SGLang engine per training GPU")
+
+
+make_rollout_backend.requirements = _requirements  # type: ignore[attr-defined]
 
 
 @hookimpl

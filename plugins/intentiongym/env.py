@@ -325,6 +325,7 @@ class IntentionGymFactory:
     """
 
     settings_model = IntentionGymSettings
+    report_metrics = {"coverage": "cover"}  # shown in the console step row and userrl eval
     default_tasks = str(DEFAULT_VAL_PARQUET)
 
     def __call__(

@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         description="Actions from stdin, one per line: a plain line is an action, "
         "'/search TEXT' or '[search] TEXT' searches, '/answer TEXT' answers, '/finish' ends the episode.",
     )
-    parser.add_argument("env_name", help="Environment name, as registered (e.g. IntentionGym).")
+    parser.add_argument("env_name", help="Environment name, as registered (`userrl plugins list`).")
     parser.add_argument("--tasks", default=None,
                         help="Task file (parquet, JSON or JSONL); default: the environment's own default tasks.")
     parser.add_argument("--task", default=None, help="Task id to play (default: the first task of ENV_NAME).")

@@ -14,7 +14,12 @@ from typing import Any
 
 from userrl_core.config.compose import load_recipe
 from userrl_core.errors import MissingRequirementError
-from userrl_core.training.simulator_server import ManagedSimulatorServer, SimulatorServerError, routed_simulator_config
+from userrl_core.training.simulator_server import (
+    SERVER_REQUIREMENTS,
+    ManagedSimulatorServer,
+    SimulatorServerError,
+    routed_simulator_config,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,16 +36,16 @@ def serve_command(args: argparse.Namespace) -> int:
 
     config = load_recipe(args.recipe, args.overrides)
     settings = config.simulator_server
-    if importlib.util.find_spec("sglang") is None:
-        raise MissingRequirementError(
-            f"{args.recipe}: simulator_server: the server is SGLang's; pip install 'userrl[sglang]' (needs CUDA)"
-        )
+    absent = [m for m in SERVER_REQUIREMENTS.modules if importlib.util.find_spec(m) is None]
+    if absent:
+        hints = "; ".join(SERVER_REQUIREMENTS.modules[m] for m in absent)
+        raise MissingRequirementError(f"{args.recipe}: simulator_server: {SERVER_REQUIREMENTS.why}; {hints}")
     routed = routed_simulator_config(config.simulator, settings)
     server = ManagedSimulatorServer(settings)
     print(f"starting {settings.model} on GPU {settings.gpu} (log: {server.log_path})", flush=True)
     with server:
         print(f"healthy after {server.startup_seconds:.1f} s; a recipe reaches it with:\n"
-              f"  simulator: {{name: litellm, model: {routed.model}, api_base: {routed.api_base}}}\n"
+              f"  simulator: {{name: {routed.name}, model: {routed.model}, api_base: {routed.api_base}}}\n"
               "Ctrl-C stops it.", flush=True)
         while server.running:
             time.sleep(1.0)

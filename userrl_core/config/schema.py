@@ -10,9 +10,16 @@ Secrets never live here: a recipe names the environment variable that holds a ke
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+PLUGIN_DEFAULTS: dict[str, dict[str, str]] = yaml.safe_load(
+    (Path(__file__).parent / "conf" / "plugin_defaults.yaml").read_text(encoding="utf-8"))
+"""Default plugin names of the keys that name a plugin (a packaged recipe file, not code)."""
 
 MAX_GROUP_SIZE = 1024
 """Samples per task at most (UserRL trains with 8; a typo like rollout.n=1e8 would otherwise
@@ -58,7 +65,7 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    backend: str = Field("transformers", description="Rollout backend plugin name ('transformers', 'sglang').")
+    backend: str = Field(PLUGIN_DEFAULTS["rollout"]["backend"], description="Rollout backend plugin name (`userrl plugins list`).")
     n: int = Field(2, ge=1, le=MAX_GROUP_SIZE, description="Samples per task: the GRPO group size.")
     max_turns: int = Field(8, ge=1, description="Agent turns per episode at most.")
     max_new_tokens: int = Field(128, ge=1, description="Tokens the policy may generate in one turn.")
@@ -81,7 +88,7 @@ class RolloutConfig(Section):
         0.6, gt=0.0, le=1.0, description="Rollout engine memory fraction on the GPU (SGLang mem_fraction_static)."
     )
     tensor_model_parallel_size: int = Field(
-        1, ge=1, description="Tensor parallel size of the rollout engine (sglang: 1, one engine per training GPU)."
+        1, ge=1, description="Tensor parallel size of the rollout engine (a backend that runs one engine per training GPU needs 1)."
     )
     system_prompt: str | None = Field(
         None,
@@ -90,7 +97,7 @@ class RolloutConfig(Section):
     )
     system_prompts: dict[str, str] = Field(
         default_factory=dict,
-        description="Per-environment system messages by env_name (e.g. {FunctionGym: '...'}); they win over "
+        description="Per-environment system messages by env_name (e.g. {<env_name>: '...'}); they win over "
         "system_prompt for that environment's tasks (a mixed-gym run gives each gym its own instruction).",
     )
     generation_batch_size: int | None = Field(
@@ -117,13 +124,16 @@ class AlgorithmConfig(Section):
         "grpo_multiturn", description="Advantage estimator: UserRL's group-normalised multi-turn GRPO."
     )
     turn_credit: str = Field(
-        "Equalized", description="Turn-credit method (register_rewards kind 'turn_credit'): Equalized, R2G, EM."
+        PLUGIN_DEFAULTS["algorithm"]["turn_credit"],
+        description="Turn-credit method: a name registered with register_rewards kind 'turn_credit' "
+        "(`userrl plugins list`; docs/algorithms.md)."
     )
     trajectory_score: str = Field(
-        "Sum",
-        description="Trajectory-score method: Sum (UserRL's: the mean of turn rewards, 4 decimals), R2G, mean, sum.",
+        PLUGIN_DEFAULTS["algorithm"]["trajectory_score"],
+        description="Trajectory-score method: a name registered with register_rewards kind 'trajectory_score' "
+        "(`userrl plugins list`; docs/algorithms.md).",
     )
-    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Discount for R2G turn credits and scores.")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Discount for reward-to-go turn credits and scores.")
     norm_adv_by_std_in_grpo: bool = Field(True, description="Divide by the group std (+1e-6) in GRPO.")
     exclude_failed: Literal["episode", "group"] = Field(
         "group",
@@ -133,7 +143,7 @@ class AlgorithmConfig(Section):
 
 
 class ActorConfig(Section):
-    backend: str = Field("transformers", description="Training backend plugin name ('transformers', 'fsdp').")
+    backend: str = Field(PLUGIN_DEFAULTS["actor"]["backend"], description="Training backend plugin name (`userrl plugins list`).")
     lr: float = Field(1e-6, gt=0.0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -206,7 +216,7 @@ class SimulatorConfig(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     name: str = Field(
-        "local", description="Simulator plugin name ('local', 'litellm'), or 'none' for a run whose environments "
+        PLUGIN_DEFAULTS["simulator"]["name"], description="Simulator plugin name (`userrl plugins list`), or 'none' for a run whose environments "
         "all declare needs_simulator = False (such a run builds no simulator whatever this names)."
     )
     model: str | None = Field(
@@ -242,7 +252,11 @@ class SimulatorServerConfig(Section):
     mem_fraction: float = Field(0.85, gt=0.0, le=1.0, description="SGLang --mem-fraction-static.")
     max_running_requests: int = Field(128, ge=1, description="SGLang --max-running-requests.")
     startup_timeout: float = Field(900.0, gt=0.0, description="Seconds to wait for the server to become healthy.")
-    extra_args: list[str] = Field(default_factory=list, description="More sglang.launch_server arguments.")
+    simulator: str = Field(
+        PLUGIN_DEFAULTS["simulator_server"]["simulator"],
+        description="Simulator plugin that talks to the started server (an OpenAI-compatible client).",
+    )
+    extra_args: list[str] = Field(default_factory=list, description="More arguments for the server program.")
 
 
 class WandbConfig(Section):
@@ -278,7 +292,7 @@ class RunConfig(Section):
     data: DataConfig = Field(description="Task files and batch sizes.")
     env: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Per-environment settings by env_name (e.g. env.IntentionGym.step_penalty); each environment "
+        description="Per-environment settings by env_name (e.g. env.<env_name>.step_penalty); each environment "
         "plugin validates its own mapping.",
     )
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig, description="The user simulator and judge.")

@@ -325,12 +325,15 @@ def estimate_both(shape: ModelShape, geometry: Geometry, actor: Any) -> list[Mem
     return [recipe, none, full]
 
 
-def geometry_from_config(config: Any) -> Geometry:
-    """Batch geometry of a validated ``RunConfig``: training GPUs, micro-batch, longest episode."""
+def geometry_from_config(config: Any, registry: Any = None) -> Geometry:
+    """Batch geometry of a validated ``RunConfig``: training GPUs, micro-batch, longest episode,
+    and the GPU share the recipe's factories keep while training (``Requirements``)."""
     trainer = config.trainer
     training_gpus = len(trainer.gpu_ids) if trainer.gpu_ids else trainer.n_gpus_per_node
     num_gpus = max(training_gpus, 1) * trainer.nnodes
-    colocated = config.rollout.backend == "sglang"
+    from userrl_core.preflight.requirements_check import declared_requirements
+
+    rollout_share = max((needs.gpu_memory_fraction for _, _, needs in declared_requirements(config, registry)), default=0.0)
     on_gpu = training_gpus > 0
     return Geometry(
         num_gpus=num_gpus,
@@ -338,7 +341,7 @@ def geometry_from_config(config: Any) -> Geometry:
         seq_len=config.rollout.max_episode_tokens,
         compute_bytes=2 if on_gpu else 4,
         gradient_checkpointing=config.actor.gradient_checkpointing,
-        rollout_mem_fraction=config.rollout.gpu_memory_utilization if colocated else 0.0,
+        rollout_mem_fraction=rollout_share,
         gpu_memory_gb=float(getattr(trainer, "gpu_memory_gb", 80.0)),
         on_gpu=on_gpu,
     )
@@ -399,15 +402,14 @@ def format_estimate(shape: ModelShape | None, geometry: Geometry, estimates: lis
     return "\n".join(lines)
 
 
-def phase_estimate_bytes(shape: ModelShape, phase: str, *, micro_batch: int, seq_len: int) -> float:
+def phase_estimate_bytes(shape: ModelShape, *, sharded: bool, offload: bool, micro_batch: int, seq_len: int) -> float:
     """What ``max_memory_allocated`` of one ``benchmarks/gpu_smoke.py`` phase should reach on one
-    GPU: ``fsdp`` (no offload, no checkpointing), ``fsdp_offload`` (every offload and gradient
-    checkpointing; the peak may be building the fp32 model on the GPU before sharding moves it
-    to the CPU) or ``transformers`` (single process, fp32 master weights, bf16 autocast)."""
-    offload = phase == "fsdp_offload"
+    GPU: sharded training (FSDP2; with ``offload``, every offload and gradient checkpointing, and
+    the peak may be building the fp32 model on the GPU before sharding moves it to the CPU), or
+    single-process training (fp32 master weights, bf16 autocast)."""
     geometry = Geometry(num_gpus=1, micro_batch=micro_batch, seq_len=seq_len, compute_bytes=2,
                         gradient_checkpointing=offload)
-    if phase == "transformers":
+    if not sharded:
         return estimate_single_process(shape, geometry).training_peak
     trained = estimate(shape, geometry, param_offload=offload, optimizer_offload=offload,
                        activation_offload=offload).training_peak

@@ -17,15 +17,35 @@ from pathlib import Path
 from typing import Any, Callable
 
 from userrl_core.errors import MissingRequirementError
+from userrl_core.types import Requirements
 
 PROC_GPUS = Path("/proc/driver/nvidia/gpus")
 
-# Rollout/training backend name -> (modules that must import, install hint). sglang releases
-# and resumes the engine's memory through torch_memory_saver, which sglang does not require.
-BACKEND_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
-    "sglang": (("sglang", "torch_memory_saver"), "pip install 'userrl[sglang]' (needs a CUDA machine)"),
-}
-RAY_EXTRA = ("ray", "pip install 'userrl[ray]'")
+
+
+def declared_requirements(config: Any, registry: Any = None) -> list[tuple[str, str, Requirements]]:
+    """(recipe key, name, requirements) of every factory the recipe names that declares
+    ``requirements(config)``, and of the simulator server when the recipe starts one."""
+    from userrl_core.config.compose import plugin_references
+
+    if registry is None:
+        from userrl_core.plugins import get_plugin_manager
+
+        registry = get_plugin_manager().registry
+    out: list[tuple[str, str, Requirements]] = []
+    for kind, name, key in plugin_references(config):
+        entry = registry.entry_or_none(kind, name)
+        declare = getattr(getattr(entry, "obj", None), "requirements", None)
+        if callable(declare):
+            needs = declare(config)
+            if isinstance(needs, Requirements):
+                out.append((key, name, needs))
+    server = getattr(config, "simulator_server", None)
+    if server is not None and server.enabled:
+        from userrl_core.training.simulator_server import SERVER_REQUIREMENTS
+
+        out.append(("simulator_server.enabled", "simulator server", SERVER_REQUIREMENTS))
+    return out
 
 
 def count_visible_gpus() -> int:
@@ -104,8 +124,10 @@ def find_missing(
     gpu_count: Callable[[], int] = count_visible_gpus,
     module_available: Callable[[str], bool] = lambda m: importlib.util.find_spec(m) is not None,
     environ: dict[str, str] | None = None,
+    registry: Any = None,
 ) -> list[Missing]:
-    """Everything the recipe needs that this machine lacks (empty when it can run)."""
+    """Everything the recipe needs that this machine lacks (empty when it can run): GPUs, what
+    the recipe's plugins declare (``Requirements``), the model, the simulator's key."""
     env = os.environ if environ is None else environ
     missing: list[Missing] = []
 
@@ -119,16 +141,16 @@ def find_missing(
                 "run on a machine with enough GPUs, or use a CPU recipe such as recipes/quickstart.yaml",
             ))
 
-    for key, backend in (("rollout.backend", config.rollout.backend), ("actor.backend", config.actor.backend)):
-        if backend in BACKEND_EXTRAS:
-            modules, hint = BACKEND_EXTRAS[backend]
-            absent = [m for m in modules if not _safe_available(module_available, m)]
-            if absent:
-                names = ", ".join(repr(m) for m in absent)
-                missing.append(Missing(key, f"backend {backend!r} needs the Python module(s) {names}", hint))
-    uses_ray = needed and config.ray.enabled is not False  # ray.enabled=false: local rank processes
-    if config.actor.backend == "fsdp" and uses_ray and not _safe_available(module_available, RAY_EXTRA[0]):
-        missing.append(Missing("actor.backend", "the fsdp backend places GPU ranks with Ray", RAY_EXTRA[1]))
+    for key, name, needs in declared_requirements(config, registry):
+        absent = [m for m in needs.modules if not _safe_available(module_available, m)]
+        if absent:
+            names = ", ".join(repr(m) for m in absent)
+            why = f" ({needs.why})" if needs.why else ""
+            hints = "; ".join(dict.fromkeys(needs.modules[m] for m in absent))
+            missing.append(Missing(key, f"{name!r} needs the Python module(s) {names}{why}", hints))
+        for file_key, path in needs.files.items():
+            if not Path(path).expanduser().exists():
+                missing.append(Missing(file_key, f"{name!r} needs {path!r}, which does not exist", "fix the path"))
 
     model_folder = Path(config.model.path).expanduser()
     if model_folder.is_dir() and not (model_folder / "config.json").is_file():
@@ -144,9 +166,6 @@ def find_missing(
 
     server = getattr(config, "simulator_server", None)
     if server is not None and server.enabled:
-        if not _safe_available(module_available, "sglang"):
-            missing.append(Missing("simulator_server.enabled", "the simulator server is SGLang's",
-                                   BACKEND_EXTRAS["sglang"][1]))
         if not model_is_available(server.model):
             missing.append(Missing(
                 "simulator_server.model",

@@ -55,6 +55,18 @@ def needs_simulator(registry: Registry, env_names: Iterable[str]) -> list[str]:
                   if getattr(registry.get(Kind.ENVIRONMENT, name), "needs_simulator", True) is not False)
 
 
+def report_metrics(registry: Registry, env_names: Iterable[str]) -> dict[str, str]:
+    """``{metric: label}`` the environments among ``env_names`` ask to be shown (their factories'
+    ``report_metrics``), in name order; the first label of a metric wins."""
+    shown: dict[str, str] = {}
+    for name in sorted(set(env_names)):
+        entry = registry.entry_or_none(Kind.ENVIRONMENT, name)
+        declared = getattr(getattr(entry, "obj", None), "report_metrics", None)
+        for metric, label in (declared or {}).items() if isinstance(declared, dict) else ():
+            shown.setdefault(str(metric), str(label))
+    return shown
+
+
 def build_simulator(config: RunConfig, registry: Registry, env_names: Iterable[str] | None) -> "Simulator | None":
     """The run's simulator, or None when ``env_names`` (the environments of the run's tasks; None:
     unknown, assume one is needed) need none."""
@@ -65,7 +77,7 @@ def build_simulator(config: RunConfig, registry: Registry, env_names: Iterable[s
             who = f"environment(s) {', '.join(needing)}" if needing else "this command"
             raise ConfigError(
                 f"simulator.name: {NO_SIMULATOR!r}, but {who} need a simulator (an environment that never calls one "
-                "declares needs_simulator = False on its factory); name a simulator such as 'local' or 'litellm'"
+                "declares needs_simulator = False on its factory); name a simulator (`userrl plugins list`)"
             )
         return None
     if needing is not None and not needing:

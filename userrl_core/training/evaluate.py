@@ -8,7 +8,7 @@ exactly as the trainer builds them (:func:`userrl_core.training.build.build_comp
 temperature. The result (``eval.json``) carries ``val-core/<data_source>/reward/mean@n`` and the
 ``val-aux`` metrics validation logs, the mean over data sources (the number the best checkpoint
 is chosen by), the per-gym score table (:func:`per_source`, also written as ``scores.md``),
-per-category means, coverage, turns, simulator errors and cost; every episode goes
+per-category means, the environments' ``report_metrics``, turns, simulator errors and cost; every episode goes
 to ``transcripts/``.
 """
 
@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import yaml
@@ -85,8 +85,9 @@ def category_of(episode: Episode) -> str:
     return category if isinstance(category, str) and category else "(none)"
 
 
-def per_category(episodes: list[Episode]) -> dict[str, dict[str, float]]:
-    """Mean score, coverage and turns per task category (failed episodes counted, not averaged)."""
+def per_category(episodes: list[Episode], shown: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+    """Mean score, turns and the ``shown`` environment metrics (the environments'
+    ``report_metrics``) per task category (failed episodes counted, not averaged)."""
     groups: dict[str, list[Episode]] = {}
     for episode in episodes:
         groups.setdefault(category_of(episode), []).append(episode)
@@ -97,9 +98,18 @@ def per_category(episodes: list[Episode]) -> dict[str, dict[str, float]]:
         if ok:
             row["reward/mean"] = float(np.mean([e.metrics.get("score", 0.0) for e in ok]))
             row["turns/mean"] = float(np.mean([len(e.turns) for e in ok]))
-            if any("coverage" in e.metrics for e in ok):
-                row["coverage/mean"] = float(np.mean([e.metrics.get("coverage", 0.0) for e in ok]))
+            row.update(shown_means(ok, shown, suffix="/mean"))
         out[category] = row
+    return out
+
+
+def shown_means(ok: list[Episode], shown: Iterable[str], suffix: str = "") -> dict[str, float]:
+    """Mean of each ``shown`` metric over the episodes that report it."""
+    out = {}
+    for metric in shown:
+        values = [e.metrics[metric] for e in ok if metric in e.metrics]
+        if values:
+            out[f"{metric}{suffix}"] = float(np.mean(values))
     return out
 
 
@@ -154,7 +164,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     from userrl_core.data import load_tasks
     from userrl_core.training.metrics import episode_record, simulator_delta
     from userrl_core.data import check_prompt_lengths
-    from userrl_core.training.build import build_components
+    from userrl_core.training.build import build_components, report_metrics
     from userrl_core.training.progress import ConsoleProgress
     from userrl_core.training.validation import run_validation
 
@@ -184,6 +194,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     task_set = load_tasks(files, plugins.registry, max_tasks=limit, env_settings=config.env)
     tasks = task_set.tasks
     components = build_components(config, plugins, env_names={t.env_name for t in tasks})
+    shown = report_metrics(plugins.registry, {t.env_name for t in tasks})
     check_prompt_lengths(tasks, components.engine.opening_length, config.data.max_prompt_length)
     sim_before = components.simulator_stats()
 
@@ -228,9 +239,8 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
         "metrics": metrics,
         "per_source": per_source(episodes),
         "skipped_rows": task_set.summary()["skipped"],
-        "per_category": per_category(episodes),
-        "coverage": float(np.mean([e.metrics["coverage"] for e in ok if "coverage" in e.metrics]))
-        if any("coverage" in e.metrics for e in ok) else None,
+        "per_category": per_category(episodes, shown),
+        "env_metrics": shown_means(ok, shown),
         "turns": float(np.mean([len(e.turns) for e in ok])) if ok else None,
         "simulator": {"name": config.simulator.name, "model": config.simulator.model,
                       **{k.removeprefix("simulator/"): v for k, v in simulator.items()}},

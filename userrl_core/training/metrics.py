@@ -233,13 +233,15 @@ def simulator_delta(before: dict[str, float], after: dict[str, float]) -> dict[s
     return out
 
 
-def console_line(step: int, total: int, metrics: dict[str, float]) -> str:
-    """The one-line step summary printed to the console."""
+def console_line(step: int, total: int, metrics: dict[str, float],
+                 env_columns: list[tuple[str, str]] | tuple = ()) -> str:
+    """The one-line step summary printed to the console; ``env_columns`` (label, metric key) are
+    the environments' ``report_metrics``, shown after the score."""
     keys = [
         ("reward", "critic/rewards/mean"),
         ("score", "userrl/trajectory_score/mean"),
+        *env_columns,
         ("turns", "rollout/turns/mean"),
-        ("cov", "env/coverage/mean"),
         ("invalid", "rollout/invalid_action_rate"),
         ("loss", "actor/pg_loss"),
         ("ent", "actor/entropy"),

@@ -33,7 +33,6 @@ from userrl_core.training.metrics import console_line
 _COLUMNS = [
     ("reward", "critic/rewards/mean", "{:.3f}"),
     ("score", "userrl/trajectory_score/mean", "{:.3f}"),
-    ("cover", "env/coverage/mean", "{:.2f}"),
     ("turns", "rollout/turns/mean", "{:.1f}"),
     ("resp", "response_length/mean", "{:.0f}"),
     ("sampled", "rollout/policy_tokens/mean", "{:.0f}"),
@@ -66,9 +65,13 @@ class ConsoleProgress:
     """Step rows, and the live (or plain) progress line while a step runs."""
 
     def __init__(self, total_steps: int, live: bool = True, *, console: Console | None = None,
-                 plain_interval_s: float = 30.0):
-        """``live``: ``logging.progress``. ``console`` defaults to rich's on stderr."""
+                 plain_interval_s: float = 30.0, env_columns: list[tuple[str, str]] | None = None):
+        """``live``: ``logging.progress``. ``console`` defaults to rich's on stderr.
+        ``env_columns``: (label, metric key) of the environments' ``report_metrics``, shown
+        after the score."""
         self.console = console or Console(stderr=True, highlight=False)
+        self.env_columns = list(env_columns or [])
+        self.columns = _COLUMNS[:2] + [(label, key, "{:.2f}") for label, key in self.env_columns] + _COLUMNS[2:]
         self.total = total_steps
         terminal = self.console.is_terminal
         self.live = live and terminal
@@ -179,14 +182,14 @@ class ConsoleProgress:
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if not self.console.is_terminal:
-            self.console.print(console_line(step, self.total, metrics), soft_wrap=True)
+            self.console.print(console_line(step, self.total, metrics, self.env_columns), soft_wrap=True)
             return
         table = Table(show_header=not self._header_done, box=None, pad_edge=False)
         table.add_column("step", justify="right")
-        for label, _, _ in _COLUMNS:
+        for label, _, _ in self.columns:
             table.add_column(label, justify="right")
         row = [f"{step}/{self.total}"]
-        for _, key, fmt in _COLUMNS:
+        for _, key, fmt in self.columns:
             value = metrics.get(key)
             row.append("-" if value is None else fmt.format(value))
         table.add_row(*row)

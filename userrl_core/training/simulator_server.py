@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from userrl_core.errors import UserError
+from userrl_core.types import Requirements
 
 log = logging.getLogger(__name__)
 
+SERVER_REQUIREMENTS = Requirements(modules={"sglang": "pip install 'userrl[sglang]' (needs CUDA)"},
+                                   why="the simulator server is SGLang's")
 SGLANG_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
 
 
@@ -57,7 +60,7 @@ def routed_simulator_config(simulator: Any, settings: Any) -> Any:
     ``/v1`` address. No API key is needed for a loopback server."""
     served = settings.served_model_name or settings.model
     return simulator.model_copy(update={
-        "name": "litellm",
+        "name": settings.simulator,
         "model": f"openai/{served}",
         "api_base": f"http://{_client_host(settings.host)}:{settings.port}/v1",
         "api_key_env": None,

@@ -39,7 +39,7 @@ from userrl_core.redaction import redact, redact_config
 from userrl_core.registry import Kind
 from userrl_core.run import RunHandle
 from userrl_core.training import batching
-from userrl_core.training.build import Components, build_components
+from userrl_core.training.build import Components, build_components, report_metrics
 from userrl_core.training.checkpoint import CheckpointManager
 from userrl_core.training.data_metrics import trained_batch_metrics
 from userrl_core.training.geometry import plan_geometry
@@ -103,7 +103,9 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.hook_errors: list[str] = []
         self.started = time.time()
-        self.progress = ConsoleProgress(self.total_steps, live=config.logging.progress)
+        shown = report_metrics(self.registry, env_names)
+        self.progress = ConsoleProgress(self.total_steps, live=config.logging.progress,
+                                        env_columns=[(label, f"env/{metric}/mean") for metric, label in shown.items()])
 
     # ------------------------------------------------------------ geometry and data order
 
