@@ -112,3 +112,18 @@ def test_a_section_is_not_registered_over_the_core_schema():
     manager = PluginManager()
     info = manager.add_plugin(Squatter())
     assert info.status == "failed" and "belongs to the core recipe schema" in info.error
+
+
+def test_the_trainers_failure_limit_became_the_guards_rule(caplog):
+    """One place stops a run for simulator failures: the guard's rule (a recorded decision); the
+    old trainer key sets its threshold, with a deprecation line."""
+    from userrl_core.config.schema import TrainerConfig
+    from userrl_plugins.lifecycle.settings import GuardConfig
+
+    assert "max_simulator_failure_rate" not in TrainerConfig.model_fields
+    with caplog.at_level(logging.WARNING, logger="userrl_core.config.sections"):
+        config = validate_config(_data(trainer={"max_simulator_failure_rate": 0.9}))
+    rule = section_settings(config, "guard", GuardConfig).rules["simulator_failure_spike"]
+    assert rule.threshold == 0.9 and rule.action == "stop"
+    assert any("trainer.max_simulator_failure_rate" in r.getMessage()
+               and "guard.rules.simulator_failure_spike.threshold" in r.getMessage() for r in caplog.records)

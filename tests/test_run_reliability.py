@@ -107,8 +107,7 @@ def faulty_run(tmp_path_factory, tiny_model_dir):
                        "extra": {"transport": "direct"}},
             env={"IntentionGym": {"judge_retries": 1}},
             data={"val_max_tasks": 4},
-            trainer={"total_training_steps": 2, "test_freq": 2, "max_simulator_failure_rate": 1.0,
-                     "max_steps_without_update": 5},
+            trainer={"total_training_steps": 2, "test_freq": 2, "max_steps_without_update": 5},
             logging={"transcripts_per_step": 100},
         )
         result = run_userrl("run", str(recipe), "--run-dir", str(root / "run"), env={KEY_VAR: CANARY})
@@ -177,7 +176,7 @@ def test_a_judge_that_is_never_usable_stops_the_run_with_status_3(tmp_path, tiny
             tmp_path, tiny_model_dir, api_base=server.base_url,
             env={"IntentionGym": {"judge_retries": 1}},
             trainer={"total_training_steps": 10, "val_before_train": False, "test_freq": -1,
-                     "max_simulator_failure_rate": 1.0, "max_steps_without_update": 2},
+                     "max_steps_without_update": 2},
             guard={"enabled": False},  # its failure-spike rule would stop the run first (also exit 3)
         )
         result = run_userrl("run", str(recipe), "--run-dir", str(tmp_path / "run"))

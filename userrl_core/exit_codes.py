@@ -7,8 +7,8 @@ code   meaning
 1      failed: an unexpected error (a traceback is printed)
 2      bad input: a recipe, dataset row, plugin name, key or model that cannot work
        (one ``userrl: error: ...`` line, no traceback)
-3      stopped by a rule: the stability guard, ``trainer.max_simulator_failure_rate``
-       (an unreachable simulator), or too many steps in a row without an update
+3      stopped by a rule: the stability guard (its ``simulator_failure_spike`` rule stops
+       a run whose simulator is unreachable), or too many steps in a row without an update
 130    interrupted by SIGINT (Ctrl-C); the summary and the report are still written
 143    terminated by SIGTERM (Slurm, Kubernetes, ``docker stop``); handled like SIGINT
 =====  ===========================================================================

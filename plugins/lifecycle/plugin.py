@@ -10,12 +10,13 @@ from typing import Any
 
 from userrl_core import hookimpl
 from userrl_plugins.lifecycle import guard
-from userrl_plugins.lifecycle.settings import GuardConfig
+from userrl_plugins.lifecycle.settings import RENAMED, GuardConfig
 
 
 @hookimpl
 def register_settings(register: Any) -> None:
-    register("guard", GuardConfig, description="The stability guard: its rules, thresholds and actions (docs/guard.md).")
+    register("guard", GuardConfig, description="The stability guard: its rules, thresholds and actions (docs/guard.md).",
+             renamed=RENAMED)
 
 
 @hookimpl

@@ -18,6 +18,11 @@ RULE_NAMES = (
 )
 
 
+RENAMED = {"trainer.max_simulator_failure_rate": "rules.simulator_failure_spike.threshold"}
+"""Old recipe keys -> keys in ``guard``: the trainer's own simulator-failure stop became this
+rule's (one place that stops a run for simulator failures, recorded as a guard decision)."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 

@@ -199,10 +199,6 @@ class TrainerConfig(Section):
         80.0, gt=0.0, description="Memory of one GPU in GiB, for the dry run's per-GPU memory estimate."
     )
     resume: bool = Field(False, description="Continue from the latest checkpoint in run_dir.")
-    max_simulator_failure_rate: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="Stop the run when a step's share of failed simulator turns passes this.",
-    )
     max_steps_without_update: int = Field(
         3, ge=1, description="Stop the run after this many steps in a row whose every episode failed (no update ran)."
     )

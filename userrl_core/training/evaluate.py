@@ -32,7 +32,6 @@ from userrl_core.training.val_reward import validation_reward
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("val", "train")
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
@@ -162,7 +161,7 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
     """Evaluate a checkpoint on a split (``val``, ``train`` or a task file); write ``eval.json`` and
     transcripts into ``out_dir`` and return what ``eval.json`` holds."""
     from userrl_core.data import load_tasks
-    from userrl_core.training.metrics import episode_record, simulator_delta
+    from userrl_core.training.metrics import episode_record, simulator_delta, validation_simulator_delta
     from userrl_core.data import check_prompt_lengths
     from userrl_core.training.build import build_components, report_metrics
     from userrl_core.training.progress import ConsoleProgress
@@ -213,9 +212,9 @@ def evaluate(checkpoint_or_run: str | Path, recipe: str | None = None, split: st
         episodes, metrics = event_loop.run(run_all())
     finally:
         components.close()
-    simulator = simulator_delta(sim_before, components.simulator_stats())
-    for key, value in simulator.items():
-        metrics[key.replace("simulator/", "val-aux/simulator/")] = value
+    sim_after = components.simulator_stats()
+    simulator = simulator_delta(sim_before, sim_after)
+    metrics.update(validation_simulator_delta(sim_before, sim_after))
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, run_dir, split, n)
     (out / "transcripts").mkdir(parents=True, exist_ok=True)

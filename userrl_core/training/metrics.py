@@ -205,8 +205,8 @@ def count_failed_turns(metrics: dict[str, float], episodes: Iterable[Episode], p
     environment sees it; it reports ``StepResult.info[UNUSABLE_REPLIES_KEY]``). Both end a turn.
     ``<prefix>unusable_replies`` sums the environment's counts; ``failed_turns`` counts the
     failed turns; ``failures`` and ``errors`` count at least one failed call per failed turn;
-    ``failure_rate`` is failed turns over the turns that stepped the environment, as
-    ``trainer.max_simulator_failure_rate`` says.
+    ``failure_rate`` is failed turns over the turns that stepped the environment (what the
+    guard's ``simulator_failure_spike`` rule watches).
     """
     turns = [turn for episode in episodes for turn in episode.turns]
     failed_turns = float(sum(1 for turn in turns if turn_failed(turn)))
@@ -222,6 +222,16 @@ def count_failed_turns(metrics: dict[str, float], episodes: Iterable[Episode], p
 
 def _count(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+VAL_SIMULATOR_PREFIX = "val-aux/simulator/"
+"""Where a validation pass's simulator counters go (the trainer's and ``userrl eval``'s)."""
+
+
+def validation_simulator_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """:func:`simulator_delta` of a validation pass, under :data:`VAL_SIMULATOR_PREFIX`."""
+    return {VAL_SIMULATOR_PREFIX + key.removeprefix("simulator/"): value
+            for key, value in simulator_delta(before, after).items()}
 
 
 def simulator_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -358,8 +358,6 @@ def count_checkpoint_parameters(run_dir: Path) -> int | None:
 
 
 def _parameters_trained(data: RunData) -> str:
-    if data.summary and data.summary.get("trainable_parameters"):
-        return f"{int(data.summary['trainable_parameters']):,}"
     count = count_checkpoint_parameters(data.run_dir)
     if count is None:
         return "not recorded (no checkpoint to count)"

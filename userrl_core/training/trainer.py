@@ -43,7 +43,13 @@ from userrl_core.training.build import Components, build_components, report_metr
 from userrl_core.training.checkpoint import CheckpointManager
 from userrl_core.training.data_metrics import trained_batch_metrics
 from userrl_core.training.geometry import plan_geometry
-from userrl_core.training.metrics import RunRecorder, count_failed_turns, simulator_delta
+from userrl_core.training.metrics import (
+    VAL_SIMULATOR_PREFIX,
+    RunRecorder,
+    count_failed_turns,
+    simulator_delta,
+    validation_simulator_delta,
+)
 from userrl_core.training.progress import ConsoleProgress, quiet_third_party_output
 from userrl_core.training.val_reward import validation_reward
 from userrl_core.training.validation import run_validation
@@ -139,7 +145,6 @@ class Trainer:
         selection = batching.select_for_training(episodes, cfg.algorithm.exclude_failed)
         metrics["simulator/excluded_episodes"] = float(selection.excluded_failed + selection.excluded_by_group)
         metrics["simulator/failed_episodes"] = float(sum(e.status is EpisodeStatus.FAILED for e in episodes))
-        self._check_failure_rate(metrics, episodes)
         kept = selection.kept
         if not kept:
             self.steps_without_update += 1
@@ -215,17 +220,6 @@ class Trainer:
                 f"writing a checkpoint (lower actor.lr or actor.grad_clip, or check the data)"
             )
 
-    def _check_failure_rate(self, metrics: dict[str, float], episodes: list[Episode]) -> None:
-        rate = metrics.get("simulator/failure_rate", 0.0)
-        limit = self.config.trainer.max_simulator_failure_rate
-        if rate > limit:
-            last = next((e.error for e in reversed(episodes) if e.error), "no error text recorded")
-            raise RunStopped(
-                f"step {self.step}: {rate:.0%} of simulator turns failed (limit "
-                f"trainer.max_simulator_failure_rate={limit:.0%}); simulator {self.config.simulator.name!r}, "
-                f"last error: {last}"
-            )
-
     def _pad_id(self) -> int:
         tok = self.c.rollout.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -239,9 +233,8 @@ class Trainer:
         with self.progress.phase("validate") as reporter:
             episodes, metrics = await run_validation(self.c.engine, self.val_tasks, n, seed=self.config.trainer.seed,
                                                      batch_size=self.config.data.val_batch_size, progress=reporter)
-        for key, value in simulator_delta(sim_before, self.c.simulator_stats()).items():
-            metrics[key.replace("simulator/", "val-aux/simulator/")] = value
-        self._count_failures(metrics, episodes, prefix="val-aux/simulator/")
+        metrics.update(validation_simulator_delta(sim_before, self.c.simulator_stats()))
+        self._count_failures(metrics, episodes, prefix=VAL_SIMULATOR_PREFIX)
         metrics["timing_s/validation"] = time.perf_counter() - t0
         self.recorder.transcripts("val_step", self.step, episodes, self.config.logging.transcripts_per_step)
         self.last_val = metrics
