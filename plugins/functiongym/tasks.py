@@ -9,15 +9,15 @@ the bank loads, so a bad rule is reported with its file and index before any epi
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from userrl_core.types import Task
+from userrl_plugins.json_files import read_json, validated
 from userrl_plugins.functiongym.rule import Rule, RuleEvaluationError, RuleSyntaxError
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "userrl-gyms" / "functiongym"
@@ -103,24 +103,15 @@ class FunctionBank:
 
 @lru_cache(maxsize=4)
 def load_bank(file: str) -> FunctionBank:
-    path = Path(file)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FunctionBankError(f"FunctionGym functions file {file} is not readable JSON: {exc}",
-                                field="functions_file") from None
-    if not isinstance(rows, list):
-        raise FunctionBankError(f"FunctionGym functions file {file} must hold a JSON list", field="functions_file")
+    def error(message: str) -> FunctionBankError:
+        return FunctionBankError(message, field="functions_file")
+
+    rows = read_json(file, list, f"FunctionGym functions file {file} must hold a JSON list", error)
     tasks: dict[str, FunctionTask] = {}
     for index, row in enumerate(rows):
-        try:
-            task = FunctionTask.model_validate(row)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            raise FunctionBankError(f"{file} entry {index}: {where}: {err['msg']}", field="functions_file") from None
+        task = validated(FunctionTask, row, f"{file} entry {index}", error)
         tasks[task.id] = task
-    return FunctionBank(tasks, str(path))
+    return FunctionBank(tasks, str(Path(file)))
 
 
 def resolve_task(task: Task, bank: FunctionBank) -> FunctionTask:

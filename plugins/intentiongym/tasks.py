@@ -8,7 +8,6 @@ UserRL). A plain JSON task list may carry ``missing_details`` itself, which then
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from userrl_core.types import Task
+from userrl_plugins.json_files import read_json, validated
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "intentiongym"
 """The shipped data folder (next to the package sources in a checkout or editable install)."""
@@ -99,6 +99,10 @@ class TaskBank:
         return _load_bank(tuple(str(Path(f)) for f in files))
 
 
+def _file_error(message: str) -> "TaskBankError":
+    return TaskBankError(message, field="task_files")
+
+
 @lru_cache(maxsize=8)
 def _load_bank(files: tuple[str, ...]) -> TaskBank:
     tasks: dict[str, IntentionTask] = {}
@@ -106,21 +110,9 @@ def _load_bank(files: tuple[str, ...]) -> TaskBank:
         path = Path(file)
         if not path.is_file():
             raise TaskBankError(f"IntentionGym task file {file} does not exist", field="task_files")
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TaskBankError(f"IntentionGym task file {file} is not readable JSON: {exc}",
-                                field="task_files") from exc
-        if not isinstance(rows, list):
-            raise TaskBankError(f"IntentionGym task file {file} must hold a JSON list of tasks",
-                                field="task_files")
+        rows = read_json(file, list, f"IntentionGym task file {file} must hold a JSON list of tasks", _file_error)
         for i, row in enumerate(rows):
-            try:
-                task = IntentionTask.model_validate(row)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                raise TaskBankError(f"{file} task {i}: {where}: {err['msg']}", field="task_files") from exc
+            task = validated(IntentionTask, row, f"{file} task {i}", _file_error)
             tasks[task.id] = task
     return TaskBank(tasks, files)
 

@@ -7,14 +7,14 @@ carry ``question`` and ``answer`` itself, which then win.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.types import Task
+from userrl_plugins.json_files import read_json, validated
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "userrl-gyms" / "searchgym"
 DEFAULT_QUESTIONS_FILE = DATA_DIR / "questions.json"
@@ -39,21 +39,13 @@ class QuestionBankError(ValueError):
 
 @lru_cache(maxsize=4)
 def load_bank(file: str) -> dict[str, Question]:
-    try:
-        rows = json.loads(Path(file).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise QuestionBankError(f"SearchGym questions file {file} is not readable JSON: {exc}",
-                                field="questions_file") from None
-    if not isinstance(rows, list):
-        raise QuestionBankError(f"SearchGym questions file {file} must hold a JSON list", field="questions_file")
+    def error(message: str) -> QuestionBankError:
+        return QuestionBankError(message, field="questions_file")
+
+    rows = read_json(file, list, f"SearchGym questions file {file} must hold a JSON list", error)
     bank: dict[str, Question] = {}
     for index, row in enumerate(rows):
-        try:
-            question = Question.model_validate(row)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            raise QuestionBankError(f"{file} entry {index}: {where}: {err['msg']}", field="questions_file") from None
+        question = validated(Question, row, f"{file} entry {index}", error)
         bank[question.id] = question
     return bank
 

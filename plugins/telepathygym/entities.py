@@ -9,13 +9,13 @@ title or its ``id`` (case-insensitive), as UserRL looks it up. A plain JSON task
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.types import Task
+from userrl_plugins.json_files import read_json, validated
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "userrl-gyms" / "telepathygym"
 DEFAULT_ENTITY_FILE = DATA_DIR / "all_entities_refined.json"
@@ -44,22 +44,13 @@ class EntityFileError(ValueError):
 @lru_cache(maxsize=4)
 def load_entities(file: str) -> dict[str, Entity]:
     """Entities by lower-cased title and id."""
-    path = Path(file)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EntityFileError(f"TelepathyGym entity file {file} is not readable JSON: {exc}", "entity_file") from None
-    if not isinstance(rows, list):
-        raise EntityFileError(f"TelepathyGym entity file {file} must hold a JSON list of entities", "entity_file")
+    def error(message: str) -> EntityFileError:
+        return EntityFileError(message, "entity_file")
+
+    rows = read_json(file, list, f"TelepathyGym entity file {file} must hold a JSON list of entities", error)
     found: dict[str, Entity] = {}
     for i, row in enumerate(rows):
-        try:
-            entity = Entity.model_validate(row)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise EntityFileError(
-                f"{file} entity {i}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", "entity_file"
-            ) from None
+        entity = validated(Entity, row, f"{file} entity {i}", error)
         found[entity.title.casefold()] = entity
         if entity.id:
             found[entity.id.casefold()] = entity

@@ -10,14 +10,14 @@ the stories UserRL kept (``judgment == "Yes"``). A plain JSON task may carry ``s
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from userrl_core.types import Task
+from userrl_plugins.json_files import read_json, validated
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "userrl-gyms" / "turtlegym"
 DEFAULT_STORY_FILE = DATA_DIR / "all_stories_refined.json"
@@ -62,29 +62,20 @@ class StoryFileError(ValueError):
 @lru_cache(maxsize=4)
 def load_stories(file: str) -> dict[str, Story]:
     """The kept stories by lower-cased title."""
-    path = Path(file)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoryFileError(f"TurtleGym story file {file} is not readable JSON: {exc}", "story_file") from None
-    if not isinstance(raw, dict):
-        raise StoryFileError(f"TurtleGym story file {file} must hold a JSON object of stories by id", "story_file")
+    def error(message: str) -> StoryFileError:
+        return StoryFileError(message, "story_file")
+
+    raw = read_json(file, dict, f"TurtleGym story file {file} must hold a JSON object of stories by id", error)
     found: dict[str, Story] = {}
     for key, row in raw.items():
         if not isinstance(row, dict) or row.get("judgment") != "Yes":
             continue  # UserRL keeps only the stories its own review accepted
-        try:
-            story = Story.model_validate({
-                "title": row.get("new_title") or f"Story {key}",
-                "surface": row.get("new_surface", ""),
-                "bottom": row.get("new_bottom"),
-                "criteria": row.get("evaluation"),
-            })
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise StoryFileError(
-                f"{file} story {key}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", "story_file"
-            ) from None
+        story = validated(Story, {
+            "title": row.get("new_title") or f"Story {key}",
+            "surface": row.get("new_surface", ""),
+            "bottom": row.get("new_bottom"),
+            "criteria": row.get("evaluation"),
+        }, f"{file} story {key}", error)
         found[story.title.casefold()] = story
     return found
 
