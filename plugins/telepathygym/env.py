@@ -14,10 +14,9 @@ from typing import Any
 
 from pydantic import Field
 
-from userrl_core.errors import ConfigError
 from userrl_core.strict_reply import ask_strictly, parse_choice
 from userrl_core.types import Message, Simulator, SimulatorRequest, Task
-from userrl_plugins.yesno.game import GameRules, GameSettings, Grade, QuestionGameEnv, parse_settings
+from userrl_plugins.yesno.game import GameRules, GameSettings, Grade, QuestionGameFactory
 
 from . import prompts
 from .entities import DEFAULT_ENTITY_FILE, DEFAULT_VAL_PARQUET, Entity, EntityFileError, load_entities, resolve_entity
@@ -62,34 +61,24 @@ class TelepathyRules(GameRules):
         )
 
 
-def _entity_file(settings: TelepathyGymSettings) -> str:
-    return settings.entity_file or str(DEFAULT_ENTITY_FILE)
-
-
-class TelepathyGymFactory:
+class TelepathyGymFactory(QuestionGameFactory):
     """The registered ``TelepathyGym`` factory: builds episodes, validates dataset rows."""
 
     settings_model = TelepathyGymSettings
-    needs_simulator = True
+    settings_key = SETTINGS_KEY
+    data_file_key = "entity_file"
+    default_data_file = str(DEFAULT_ENTITY_FILE)
+    file_error = EntityFileError
     default_tasks = str(DEFAULT_VAL_PARQUET)
 
-    def __call__(self, *, task: Task, simulator: Simulator, settings: dict[str, Any] | None = None,
-                 seed: int = 0, **kwargs: Any) -> QuestionGameEnv:
-        cfg = parse_settings(TelepathyGymSettings, settings, SETTINGS_KEY)
-        entity = self._entity(task, cfg)
-        return QuestionGameEnv(task=task, rules=TelepathyRules(entity), simulator=simulator, settings=cfg, seed=seed)
+    def load(self, file: str) -> Any:
+        return load_entities(file)
 
-    def validate_task(self, task: Task, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        """Raise a ``ValueError`` or pydantic error naming the field when ``task`` cannot run."""
-        self._entity(task, parse_settings(TelepathyGymSettings, settings, SETTINGS_KEY))
+    def resolve(self, task: Task, file: str) -> Entity:
+        return resolve_entity(task, file)
 
-    @staticmethod
-    def _entity(task: Task, cfg: TelepathyGymSettings) -> Entity:
-        try:
-            load_entities(_entity_file(cfg))
-        except EntityFileError as exc:
-            raise ConfigError(f"{SETTINGS_KEY}.entity_file: {exc}") from None
-        return resolve_entity(task, _entity_file(cfg))
+    def rules(self, item: Entity, settings: TelepathyGymSettings) -> TelepathyRules:
+        return TelepathyRules(item)
 
 
 make_env = TelepathyGymFactory()

@@ -17,11 +17,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from userrl_core.errors import ConfigError
 from userrl_core.strict_reply import ReplyFormatError, Parsed, ask_strictly, grade_value, parse_grade
 from userrl_core.bounded_json import first_object_with
 from userrl_core.types import Message, Simulator, SimulatorRequest, Task
-from userrl_plugins.yesno.game import GameRules, GameSettings, Grade, QuestionGameEnv, parse_settings
+from userrl_plugins.yesno.game import GameRules, GameSettings, Grade, QuestionGameFactory
 
 from . import prompts
 from .stories import DEFAULT_STORY_FILE, DEFAULT_VAL_PARQUET, Story, StoryFileError, load_stories, resolve_story
@@ -116,34 +115,24 @@ class TurtleRules(GameRules):
         return [o.value for o in outcomes], sum(o.calls for o in outcomes)
 
 
-def _story_file(settings: TurtleGymSettings) -> str:
-    return settings.story_file or str(DEFAULT_STORY_FILE)
-
-
-class TurtleGymFactory:
+class TurtleGymFactory(QuestionGameFactory):
     """The registered ``TurtleGym`` factory: builds episodes, validates dataset rows."""
 
     settings_model = TurtleGymSettings
-    needs_simulator = True
+    settings_key = SETTINGS_KEY
+    data_file_key = "story_file"
+    default_data_file = str(DEFAULT_STORY_FILE)
+    file_error = StoryFileError
     default_tasks = str(DEFAULT_VAL_PARQUET)
 
-    def __call__(self, *, task: Task, simulator: Simulator, settings: dict[str, Any] | None = None,
-                 seed: int = 0, **kwargs: Any) -> QuestionGameEnv:
-        cfg = parse_settings(TurtleGymSettings, settings, SETTINGS_KEY)
-        story = self._story(task, cfg)
-        return QuestionGameEnv(task=task, rules=TurtleRules(story, cfg), simulator=simulator, settings=cfg, seed=seed)
+    def load(self, file: str) -> Any:
+        return load_stories(file)
 
-    def validate_task(self, task: Task, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        """Raise a ``ValueError`` or pydantic error naming the field when ``task`` cannot run."""
-        self._story(task, parse_settings(TurtleGymSettings, settings, SETTINGS_KEY))
+    def resolve(self, task: Task, file: str) -> Story:
+        return resolve_story(task, file)
 
-    @staticmethod
-    def _story(task: Task, cfg: TurtleGymSettings) -> Story:
-        try:
-            load_stories(_story_file(cfg))
-        except StoryFileError as exc:
-            raise ConfigError(f"{SETTINGS_KEY}.story_file: {exc}") from None
-        return resolve_story(task, _story_file(cfg))
+    def rules(self, item: Story, settings: TurtleGymSettings) -> TurtleRules:
+        return TurtleRules(item, settings)
 
 
 make_env = TurtleGymFactory()

@@ -210,3 +210,47 @@ class QuestionGameEnv:
         return StepResult(observation="", reward=None, done=True, info={"end_reason": "failed"},
                           status=StepStatus.SIMULATOR_FAILED, error=error)
 
+
+
+class QuestionGameFactory:
+    """A registered yes/no game's factory: it parses the recipe's ``env.<name>`` mapping, finds the
+    game's item (an entity, a story) for a dataset row in the game's data file, and builds a
+    :class:`QuestionGameEnv` with the game's rules. A game sets the class attributes and the
+    three methods below."""
+
+    settings_model: type[GameSettings] = GameSettings
+    settings_key = ""  # "env.<name>"
+    data_file_key = ""  # the settings field naming the data file ("entity_file")
+    default_data_file = ""
+    file_error: type[Exception] = ValueError  # what load() raises for a bad data file
+    needs_simulator = True
+    default_tasks = ""
+
+    def load(self, file: str) -> Any:
+        """Read (and cache) the data file; raise ``file_error`` when it cannot be used."""
+        raise NotImplementedError
+
+    def resolve(self, task: Task, file: str) -> Any:
+        """The item behind a dataset row; a ``ValueError`` or pydantic error names the field."""
+        raise NotImplementedError
+
+    def rules(self, item: Any, settings: Any) -> GameRules:
+        raise NotImplementedError
+
+    def __call__(self, *, task: Task, simulator: Simulator, settings: dict[str, Any] | None = None,
+                 seed: int = 0, **kwargs: Any) -> QuestionGameEnv:
+        cfg = parse_settings(self.settings_model, settings, self.settings_key)
+        rules = self.rules(self._item(task, cfg), cfg)
+        return QuestionGameEnv(task=task, rules=rules, simulator=simulator, settings=cfg, seed=seed)
+
+    def validate_task(self, task: Task, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Raise a ``ValueError`` or pydantic error naming the field when ``task`` cannot run."""
+        self._item(task, parse_settings(self.settings_model, settings, self.settings_key))
+
+    def _item(self, task: Task, cfg: Any) -> Any:
+        file = getattr(cfg, self.data_file_key) or self.default_data_file
+        try:
+            self.load(file)
+        except self.file_error as exc:
+            raise ConfigError(f"{self.settings_key}.{self.data_file_key}: {exc}") from None
+        return self.resolve(task, file)
