@@ -24,53 +24,7 @@ import pytest
 
 from support.tiny_runs import JUDGE_VERDICT_NONE, ROOT, tiny_recipe, userrl_command
 
-LAUNCH_SERVER = r'''
-import argparse, json, multiprocessing, os, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-def worker():
-    while True:
-        time.sleep(1)
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-path"); parser.add_argument("--host"); parser.add_argument("--port", type=int)
-    parser.add_argument("--served-model-name")
-    args, _ = parser.parse_known_args()
-    child = multiprocessing.Process(target=worker)  # like SGLang's scheduler process
-    child.start()
-    with open(os.environ["STAND_IN_PIDS"], "a") as f:
-        f.write(f"{os.getpid()} {child.pid}\n")
-    name = args.served_model_name or args.model_path
-    served = os.environ["STAND_IN_SERVED"]
-    judge = JUDGE
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-        def _send(self, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(200); self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-        def do_GET(self):
-            if self.path == "/health":
-                self._send({})
-            elif self.path == "/v1/models":
-                self._send({"object": "list", "data": [{"id": name, "object": "model"}]})
-            else:
-                self.send_error(404)
-        def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            is_judge = any("covered" in str(m.get("content", "")) for m in req["messages"])
-            time.sleep(0.05)
-            with open(served, "a") as f:
-                f.write("x")
-            text = judge if is_judge else "I am not sure yet."
-            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
-    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
-'''.replace("JUDGE", repr(JUDGE_VERDICT_NONE))
+STAND_IN = Path(__file__).parent / "support" / "sglang_stand_in.py"
 
 
 def free_port() -> int:
@@ -84,7 +38,7 @@ def stand_ins(root: Path) -> dict[str, str]:
     package = root / "stand_in" / "sglang"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "launch_server.py").write_text(LAUNCH_SERVER)
+    (package / "launch_server.py").write_text(STAND_IN.read_text())
     bin_dir = root / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
@@ -95,6 +49,7 @@ def stand_ins(root: Path) -> dict[str, str]:
         "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
         "STAND_IN_PIDS": str(root / "pids.txt"),
         "STAND_IN_SERVED": str(root / "served.txt"),
+        "STAND_IN_JUDGE": JUDGE_VERDICT_NONE,
         "PYTHONUNBUFFERED": "1",
     }
 

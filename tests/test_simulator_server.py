@@ -1,15 +1,17 @@
 """The managed simulator server: start, health wait, routing, stop (no process left behind).
 
 SGLang needs a GPU, so these tests launch an OpenAI-compatible stand-in through the same
-launcher hook: a small HTTP server on 127.0.0.1 that takes sglang.launch_server's arguments,
-answers /health, /v1/models and /v1/chat/completions, and forks a child process so that the
-process-group stop is exercised.
+launcher hook (``tests/support/sglang_stand_in.py``, shared with tests/test_signals.py): a small
+HTTP server on 127.0.0.1 that takes sglang.launch_server's arguments, answers /health,
+/v1/models and /v1/chat/completions, and forks a child process so that the process-group stop is
+exercised.
 """
 
 import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,53 +24,7 @@ from userrl_core.training.simulator_server import (
     routed_simulator_config,
 )
 
-STAND_IN = r'''
-import argparse, json, os, sys, time, multiprocessing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--model-path"); parser.add_argument("--host"); parser.add_argument("--port", type=int)
-parser.add_argument("--served-model-name"); parser.add_argument("--startup-delay", type=float, default=0.0)
-parser.add_argument("--crash", action="store_true")
-args, _ = parser.parse_known_args()
-if args.crash:
-    print("stand-in: CUDA out of memory (simulated)", flush=True)
-    sys.exit(3)
-
-def child():
-    while True:
-        time.sleep(1)
-
-if __name__ == "__main__":
-    worker = multiprocessing.Process(target=child)  # like SGLang's scheduler processes
-    worker.start()
-    with open(os.environ["STAND_IN_PIDS"], "a") as f:
-        f.write(f"{os.getpid()} {worker.pid}\n")
-    time.sleep(args.startup_delay)
-    name = args.served_model_name or args.model_path
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-        def _send(self, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(200); self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-        def do_GET(self):
-            if self.path == "/health":
-                self._send({})
-            elif self.path == "/v1/models":
-                self._send({"object": "list", "data": [{"id": name, "object": "model"}]})
-            else:
-                self.send_error(404)
-        def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = "stand-in reply to: " + req["messages"][-1]["content"] + " gpu=" + os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
-    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
-'''
+STAND_IN = Path(__file__).parent / "support" / "sglang_stand_in.py"
 
 
 def free_port() -> int:
@@ -79,11 +35,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
-    script = tmp_path / "stand_in_server.py"
-    script.write_text(STAND_IN)
+    monkeypatch.delenv("STAND_IN_JUDGE", raising=False)
     pids = tmp_path / "pids.txt"
     monkeypatch.setenv("STAND_IN_PIDS", str(pids))
-    return (sys.executable, str(script)), pids
+    return (sys.executable, str(STAND_IN)), pids
 
 
 def recorded_pids(pids_file) -> list[int]:
