@@ -24,10 +24,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.errors import ConfigError
 from userrl_core.types import Action, Message, StepResult, Task
+from userrl_plugins.env_settings import parse_env_settings
 from userrl_plugins.functiongym.rule import RuleEvaluationError
 from userrl_plugins.functiongym.tasks import (
     ANSWER_TOLERANCE,
@@ -57,14 +58,7 @@ class FunctionGymSettings(BaseModel):
 
 
 def parse_settings(settings: dict[str, Any] | FunctionGymSettings | None) -> FunctionGymSettings:
-    if isinstance(settings, FunctionGymSettings):
-        return settings
-    try:
-        return FunctionGymSettings.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{SETTINGS_KEY}.{key}: {err['msg']}") from None
+    return parse_env_settings(FunctionGymSettings, settings, SETTINGS_KEY)
 
 
 def _bank(settings: FunctionGymSettings) -> FunctionBank:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.errors import ConfigError
 from userrl_core.types import (
@@ -43,6 +43,7 @@ from userrl_core.types import (
     Task,
     UNUSABLE_REPLIES_KEY,
 )
+from userrl_plugins.env_settings import parse_env_settings
 from userrl_plugins.intentiongym import prompts
 from userrl_plugins.intentiongym.judge import Duplicates, JudgeFormat, JudgeReplyError, JudgeVerdict, parse_judge_reply
 from userrl_plugins.intentiongym.rewards import DEFAULT_MULTI_DETAIL_PENALTY, turn_reward
@@ -96,14 +97,7 @@ class IntentionGymSettings(BaseModel):
 
 
 def parse_settings(settings: dict[str, Any] | IntentionGymSettings | None) -> IntentionGymSettings:
-    if isinstance(settings, IntentionGymSettings):
-        return settings
-    try:
-        return IntentionGymSettings.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{SETTINGS_KEY}.{key}: {err['msg']}") from None
+    return parse_env_settings(IntentionGymSettings, settings, SETTINGS_KEY)
 
 
 def _bank(settings: IntentionGymSettings) -> TaskBank:

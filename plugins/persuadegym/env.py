@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from userrl_core.errors import ConfigError
 from userrl_core.types import Action, Message, Simulator, SimulatorError, SimulatorRequest, StepResult, StepStatus, Task
+from userrl_plugins.env_settings import parse_env_settings
 from userrl_plugins.persuadegym import prompts
 from userrl_plugins.persuadegym.stance import GOAL, START, STANCES, PersonaReply, StanceReplyError, levels_reward, parse_persona_reply
 from userrl_plugins.persuadegym.tasks import DEFAULT_VAL_PARQUET, Statement, resolve_task
@@ -44,14 +44,7 @@ class PersuadeGymSettings(BaseModel):
 
 
 def parse_settings(settings: dict[str, Any] | PersuadeGymSettings | None) -> PersuadeGymSettings:
-    if isinstance(settings, PersuadeGymSettings):
-        return settings
-    try:
-        return PersuadeGymSettings.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{SETTINGS_KEY}.{key}: {err['msg']}") from None
+    return parse_env_settings(PersuadeGymSettings, settings, SETTINGS_KEY)
 
 
 class _PersonaFailed(Exception):

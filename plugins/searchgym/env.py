@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.errors import ConfigError
 from userrl_core.types import Action, Message, Simulator, SimulatorError, SimulatorRequest, StepResult, StepStatus, Task
+from userrl_plugins.env_settings import parse_env_settings
 from userrl_plugins.searchgym.grading import JudgeReplyError, exact_match, judge_messages, parse_judgment, reask_messages
 from userrl_plugins.searchgym.search import SearchBackend, SearchError, SearchSettings, build_backend
 from userrl_plugins.searchgym.tasks import DEFAULT_QUESTIONS_FILE, DEFAULT_VAL_PARQUET, Question, QuestionBankError, resolve_task
@@ -50,14 +51,7 @@ class SearchGymSettings(BaseModel):
 
 
 def parse_settings(settings: dict[str, Any] | SearchGymSettings | None) -> SearchGymSettings:
-    if isinstance(settings, SearchGymSettings):
-        return settings
-    try:
-        return SearchGymSettings.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{SETTINGS_KEY}.{key}: {err['msg']}") from None
+    return parse_env_settings(SearchGymSettings, settings, SETTINGS_KEY)
 
 
 class _StepFailed(Exception):

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.errors import ConfigError
 from userrl_core.strict_reply import UnusableReply, ask_strictly, parse_choice
@@ -40,6 +40,7 @@ from userrl_core.types import (
     StepStatus,
     Task,
 )
+from userrl_plugins.env_settings import parse_env_settings as parse_settings
 
 YES, NO, MAYBE = "Yes", "No", "Maybe"
 REPLY_CHOICES = (YES, NO, MAYBE)
@@ -60,18 +61,6 @@ class GameSettings(BaseModel):
     reward_in_observation: bool = Field(
         True, description="Append 'Reward: <r>' to every observation the agent sees, as UserRL's tool does."
     )
-
-
-def parse_settings(model: type[BaseModel], settings: Any, key: str) -> Any:
-    """Validate a recipe's ``env.<Name>`` mapping; a bad key is a ConfigError naming it."""
-    if isinstance(settings, model):
-        return settings
-    try:
-        return model.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{key}.{where}: {err['msg']}") from None
 
 
 @dataclass(frozen=True)
