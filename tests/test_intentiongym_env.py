@@ -138,6 +138,7 @@ def test_indices_refer_to_the_still_missing_details():
     assert ask(env).reward == pytest.approx(1.0)  # Destination (3)
     second = ask(env)  # index 0 is now "Travel dates"
     assert second.info["newly_covered"] == ["Travel dates"]
+    assert second.info["notes"] == ["Details covered this turn: Travel dates"]
     assert second.reward == pytest.approx(0.7)
     shown = [d["description"] for d in sim.calls("judge")[1].context["details"]]
     assert shown == ["Travel dates", "Seat preference", "Budget", "Meal preference", "Loyalty program"]

@@ -27,7 +27,8 @@ def episode(step: int, task: str, score: float, sample: int = 0) -> dict:
         "turns": [
             {"text": "Which city are you flying from?", "action": {"choice": "action", "content": "Which city?"},
              "reward": 0.6, "observation": "From Lisbon.", "invalid": False, "no_action": False,
-             "info": {"newly_covered": ["departure city"]}},
+             "info": {"newly_covered": ["departure city"],
+                      "notes": ["Details covered this turn: departure city"]}},
             {"text": "<tool_call>finish</tool_call>", "action": {"choice": "finish", "content": ""},
              "reward": score - 0.6, "observation": "", "invalid": False, "no_action": False, "info": {}},
         ],

@@ -76,8 +76,9 @@ class StepResult:
     string, ``None``, a bool, NaN or infinity fails the episode as an environment error naming
     the environment and the task — and ``None`` when ``status`` is not OK, so that a failed
     simulator call can never turn into a reward. ``done`` ends the episode. ``info`` carries
-    environment metrics (for IntentionGym: coverage, covered details by importance); ``error``
-    says why a step failed.
+    the environment's own per-step data (saved in transcripts); its ``notes`` (a list of short
+    strings) are shown under the turn in the report's transcripts. ``error`` says why a step
+    failed.
 
     Import it as ``from userrl_core.types import StepResult, StepStatus``; build it as
     ``StepResult(observation="Lower.", reward=0.0, done=False)`` or, after a simulator call

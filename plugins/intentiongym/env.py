@@ -306,6 +306,8 @@ class IntentionGymEnv:
             "newly_covered": [d.description for d in newly],
             "remaining": len(self.remaining),
         }
+        if newly:  # shown under the turn in the report's transcripts
+            info["notes"] = ["Details covered this turn: " + "; ".join(d.description for d in newly)]
         if end_reason:
             info["end_reason"] = end_reason
         return info

@@ -478,15 +478,6 @@ def _quote(text: str) -> list[str]:
     return ["> " + line if line else ">" for line in text.splitlines()] or [">"]
 
 
-def _detail_text(item: Any) -> str:
-    if isinstance(item, dict):
-        for key in ("description", "detail", "text"):
-            if key in item:
-                return str(item[key])
-        return json.dumps(item)
-    return str(item)
-
-
 def render_episode(episode: dict[str, Any]) -> list[str]:
     score = episode.get("score")
     lines = [f"#### Task `{episode.get('task_id')}` (group {episode.get('group')}, sample {episode.get('sample')}): "
@@ -510,9 +501,9 @@ def render_episode(episode: dict[str, Any]) -> list[str]:
             lines += ["", f"Action: `{action.get('choice')}`: {_clip(action.get('content'))}".replace("\n", " ")]
         if turn.get("observation"):
             lines += ["", "User:", *_quote(_clip(turn.get("observation")))]
-        covered = info.get("newly_covered") or []
-        if covered:
-            lines += ["", "Details covered this turn: " + "; ".join(_detail_text(c) for c in covered)]
+        notes = info.get("notes")
+        for note in notes if isinstance(notes, list) else ():
+            lines += ["", str(note)]
     return lines
 
 
