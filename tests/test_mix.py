@@ -126,3 +126,28 @@ def test_a_functiongym_run_needs_no_simulator_configured(tmp_path, tiny_model_di
                             data={"train_files": [str(MIX / "alltrain.parquet")], "train_max_tasks": 8})
     with pytest.raises(ConfigError, match=r"simulator.name: 'none', but environment\(s\) .*PersuadeGym.* need a simulator"):
         run_training(named_none)
+
+
+def test_mix_quickstart_validates_every_installed_gym_on_unchanged_rows():
+    """The CPU quickstart's validation file is the first row of each data source of UserRL's
+    mixed test set, unchanged, and holds one task of every environment installed here."""
+    from userrl_core.config.compose import load_recipe
+    from userrl_core.data import load_tasks
+    from userrl_core.plugins import get_plugin_manager
+    from userrl_core.registry import Kind
+
+    full = pq.read_table(MIX / "alltest.parquet").to_pylist()
+    first: dict[str, dict] = {}
+    for row in full:
+        first.setdefault(row["data_source"], row)
+    assert pq.read_table(MIX / "quicktest.parquet").to_pylist() == list(first.values())
+
+    config = load_recipe(str(ROOT / "recipes" / "mix_quickstart.yaml"), [])
+    assert [Path(f).resolve() for f in config.data.val_files] == [(MIX / "quicktest.parquet").resolve()]
+    registry = get_plugin_manager().registry
+    tasks = load_tasks(config.data.val_files, registry, max_tasks=config.data.val_max_tasks, env_settings=config.env)
+    shipped = {"FunctionGym", "IntentionGym", "PersuadeGym", "SearchGym", "TelepathyGym", "TurtleGym"}
+    assert shipped <= set(registry.names(Kind.ENVIRONMENT))
+    assert sorted(t.env_name for t in tasks.tasks) == sorted(shipped)
+    assert sorted((s.env_name, s.count) for s in tasks.skipped) == [("TauGym", 1), ("TravelGym", 1)]
+    assert config.trainer.val_before_train and config.trainer.test_freq <= config.trainer.total_training_steps
