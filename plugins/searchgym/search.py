@@ -21,7 +21,6 @@ import asyncio
 import os
 from typing import Any, Literal, Protocol
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from userrl_core.errors import MissingRequirementError
@@ -84,6 +83,8 @@ class SerperSearch:
         return format_results(query, body, self.settings.num_results)
 
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        import httpx  # here, not at the top: every recipe's validation loads this plugin
+
         s = self.settings
         headers = {"X-API-KEY": self._api_key, "Content-Type": "application/json"}
         problem = ""
