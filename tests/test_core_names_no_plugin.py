@@ -22,8 +22,6 @@ ORDINARY_WORDS = {"local", "mean", "sum", "Sum", "transformers", "rewards", "bac
 checked only as a whole string (``"local"``), not inside longer text."""
 FOLDER_NAMES = {"hf"}
 """A checkpoint's Hugging Face-format folder is called ``hf``; it is not the ``hf`` simulator."""
-LIBRARY_USES = {("training/simulator_server.py", "sglang")}
-"""The simulator server the core starts is SGLang's program (the library, not the rollout backend)."""
 
 
 def plugin_names() -> set[str]:
@@ -58,8 +56,6 @@ def offending_strings(names: set[str], root: Path = CORE) -> list[str]:
             if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docs:
                 continue
             for name in names - FOLDER_NAMES:
-                if (relative, name) in LIBRARY_USES:
-                    continue
                 whole = node.value == name
                 inside = name not in ORDINARY_WORDS and re.search(
                     rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", node.value)

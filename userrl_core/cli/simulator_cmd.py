@@ -15,7 +15,7 @@ from typing import Any
 from userrl_core.config.compose import load_recipe
 from userrl_core.errors import MissingRequirementError
 from userrl_core.training.simulator_server import (
-    SERVER_REQUIREMENTS,
+    server_requirements,
     ManagedSimulatorServer,
     SimulatorServerError,
     routed_simulator_config,
@@ -36,10 +36,11 @@ def serve_command(args: argparse.Namespace) -> int:
 
     config = load_recipe(args.recipe, args.overrides)
     settings = config.simulator_server
-    absent = [m for m in SERVER_REQUIREMENTS.modules if importlib.util.find_spec(m) is None]
+    requirements = server_requirements(config.simulator_server)
+    absent = [m for m in requirements.modules if importlib.util.find_spec(m) is None]
     if absent:
-        hints = "; ".join(SERVER_REQUIREMENTS.modules[m] for m in absent)
-        raise MissingRequirementError(f"{args.recipe}: simulator_server: {SERVER_REQUIREMENTS.why}; {hints}")
+        hints = "; ".join(requirements.modules[m] for m in absent)
+        raise MissingRequirementError(f"{args.recipe}: simulator_server: {requirements.why}; {hints}")
     routed = routed_simulator_config(config.simulator, settings)
     server = ManagedSimulatorServer(settings)
     print(f"starting {settings.model} on GPU {settings.gpu} (log: {server.log_path})", flush=True)

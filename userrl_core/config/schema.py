@@ -252,6 +252,11 @@ class SimulatorServerConfig(Section):
         PLUGIN_DEFAULTS["simulator_server"]["simulator"],
         description="Simulator plugin that talks to the started server (an OpenAI-compatible client).",
     )
+    program: str = Field(
+        PLUGIN_DEFAULTS["simulator_server"]["program"],
+        description="Python module of the server program, started as `python -m <program>` with SGLang's "
+        "launch arguments (its package must be installed).",
+    )
     extra_args: list[str] = Field(default_factory=list, description="More arguments for the server program.")
 
 

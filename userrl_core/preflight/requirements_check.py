@@ -42,9 +42,9 @@ def declared_requirements(config: Any, registry: Any = None) -> list[tuple[str, 
                 out.append((key, name, needs))
     server = getattr(config, "simulator_server", None)
     if server is not None and server.enabled:
-        from userrl_core.training.simulator_server import SERVER_REQUIREMENTS
+        from userrl_core.training.simulator_server import server_requirements
 
-        out.append(("simulator_server.enabled", "simulator server", SERVER_REQUIREMENTS))
+        out.append(("simulator_server.enabled", "simulator server", server_requirements(config.simulator_server)))
     return out
 
 

@@ -26,23 +26,35 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
+from userrl_core.config.schema import PLUGIN_DEFAULTS
 from userrl_core.errors import UserError
 from userrl_core.types import Requirements
 
 log = logging.getLogger(__name__)
 
-SERVER_REQUIREMENTS = Requirements(modules={"sglang": "pip install 'userrl[sglang]' (needs CUDA)"},
-                                   why="the simulator server is SGLang's")
-SGLANG_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
+def server_requirements(settings: Any) -> Requirements:
+    """The server program's package (``simulator_server.program``'s top-level module)."""
+    package = settings.program.split(".")[0]
+    hint = PLUGIN_DEFAULTS["simulator_server"]["install_hint"] if settings.program == _DEFAULT_PROGRAM \
+        else f"install the package that provides {settings.program}"
+    return Requirements(modules={package: hint}, why=f"the simulator server runs python -m {settings.program}")
+
+
+def launcher_for(settings: Any) -> tuple[str, ...]:
+    """``python -m <simulator_server.program>`` with this interpreter."""
+    return (sys.executable, "-m", settings.program)
+
+
+_DEFAULT_PROGRAM = PLUGIN_DEFAULTS["simulator_server"]["program"]
 
 
 class SimulatorServerError(UserError):
     """The managed simulator server did not start or answer."""
 
 
-def build_server_command(settings: Any, launcher: Sequence[str] = SGLANG_LAUNCHER) -> list[str]:
-    """``sglang.launch_server`` arguments from a ``SimulatorServerConfig``."""
-    command = list(launcher) + [
+def build_server_command(settings: Any, launcher: Sequence[str] | None = None) -> list[str]:
+    """The server's command line (SGLang's launch arguments) from a ``SimulatorServerConfig``."""
+    command = list(launcher or launcher_for(settings)) + [
         "--model-path", settings.model,
         "--host", settings.host,
         "--port", str(settings.port),
@@ -74,7 +86,7 @@ def _client_host(host: str) -> str:
 class ManagedSimulatorServer:
     """Start, health-check and stop one simulator server process group.
 
-    ``launcher`` replaces ``python -m sglang.launch_server`` (tests run a small
+    ``launcher`` replaces ``python -m <simulator_server.program>`` (tests run a small
     OpenAI-compatible stand-in through it). Use as a context manager; ``stop`` is idempotent
     and also runs when start-up fails.
     """
@@ -83,7 +95,7 @@ class ManagedSimulatorServer:
         self,
         settings: Any,
         *,
-        launcher: Sequence[str] = SGLANG_LAUNCHER,
+        launcher: Sequence[str] | None = None,
         log_path: str | Path | None = None,
         poll_interval: float = 0.5,
         stop_timeout: float = 20.0,
