@@ -104,10 +104,10 @@ class RolloutConfig(Section):
         None, ge=1, description="Sequences per generate call (transformers backend); all live episodes by default."
     )
     mode: Literal["async", "sync"] = Field(
-        "sync",
+        "async",
         description="'async': every episode runs at its own pace (generate, parse, environment step, ...); "
-        "'sync': all episodes advance turn by turn together, one batched generate per turn (UserRL's barrier). "
-        "The default stays 'sync' until async is measured on the quickstart (docs/rollout.md).",
+        "'sync': all episodes advance turn by turn together, one batched generate per turn (UserRL's barrier; "
+        "sampled tokens reproducible with the transformers backend).",
     )
     policy_concurrency: int | None = Field(
         None, ge=1, description="Async mode: policy generate requests in flight at most; one per episode by default."
