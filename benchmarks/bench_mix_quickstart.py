@@ -76,8 +76,8 @@ def instrument(components: Any, clock: GymClock) -> None:
 
     create, generate, run = engine._create, engine._generate, engine.run
 
-    def timed_create(tasks, n, seed):
-        live = create(tasks, n, seed)
+    def timed_create(tasks, n, seed, *rest, **kwargs):  # the engine's further arguments pass through
+        live = create(tasks, n, seed, *rest, **kwargs)
         for state in live:
             gym, step = state.episode.task.env_name, state.env.step
 
