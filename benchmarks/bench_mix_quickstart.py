@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextvars
 import json
@@ -34,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import recipe_arguments, print_table, write_results
 
 _CURRENT_GYM: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_gym", default=None)
 _VAL = re.compile(r"^val-core/(?P<source>.+)/reward/mean@\d+$")
@@ -116,16 +115,10 @@ def instrument(components: Any, clock: GymClock) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description="Mixed-gym quickstart: per-gym rewards and time split.")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 step, 2 tasks, 4 validation tasks")
-    parser.add_argument("--recipe", default="recipes/mix_quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, as for `userrl run`")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides += ["trainer.total_training_steps=1", "trainer.test_freq=1", "trainer.save_freq=1",
-                      "data.train_batch_size=2", "actor.ppo_mini_batch_size=2", "data.val_max_tasks=4",
-                      "rollout.max_turns=2", "rollout.max_new_tokens=16", "simulator.max_tokens=16"]
+    quick = ["data.train_batch_size=2", "actor.ppo_mini_batch_size=2", "data.val_max_tasks=4", "simulator.max_tokens=16"]
+    args = recipe_arguments("Mixed-gym quickstart: per-gym rewards and time split.", "recipes/mix_quickstart.yaml",
+                            quick, argv)
+    overrides = args.overrides
 
     from userrl_core.config.compose import load_recipe
     from userrl_core.training.build import needs_simulator

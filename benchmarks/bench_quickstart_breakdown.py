@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any, Iterator
 
 import psutil
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import recipe_arguments, print_table, write_results
 
 PHASES = ("rollout", "generation", "environment steps", "simulator (reply)", "judge", "old log-probs", "update",
           "validation", "validation: generation", "validation: environment steps", "validation: simulator (reply)",
@@ -148,16 +147,9 @@ def instrument(trainer: Any, components: Any, meter: PhaseMeter) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description="Quickstart step breakdown (item 5).")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 step, 1 task, 2 validation tasks")
-    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, as for `userrl run`")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides += ["trainer.total_training_steps=1", "trainer.test_freq=1", "trainer.save_freq=1",
-                      "data.train_batch_size=1", "actor.ppo_mini_batch_size=1", "data.val_max_tasks=2",
-                      "rollout.max_turns=2", "rollout.max_new_tokens=16"]
+    args = recipe_arguments("Quickstart step breakdown (item 5).", "recipes/quickstart.yaml",
+                            ["data.train_batch_size=1", "actor.ppo_mini_batch_size=1", "data.val_max_tasks=2"], argv)
+    overrides = args.overrides
 
     from userrl_core.config.compose import load_recipe
     from userrl_core.training.build import build_components

@@ -7,6 +7,8 @@ checked against what was measured.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import platform
@@ -100,3 +102,20 @@ def _fmt(value: Any) -> str:
             return f"{value:.3g}" if abs(value) < 10 else f"{value:.2f}"
         return f"{value:.3f}"
     return str(value)
+
+
+QUICK_RUN = ["trainer.total_training_steps=1", "trainer.test_freq=1", "trainer.save_freq=1", "rollout.max_turns=2",
+             "rollout.max_new_tokens=16"]
+"""Overrides every recipe benchmark's ``--quick`` smoke run shares (one short step)."""
+
+
+def recipe_arguments(description: str, recipe: str, quick: list[str], argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``[--quick] [--recipe R] [overrides ...]`` for a benchmark that runs a recipe through
+    the trainer; ``overrides`` gains ``QUICK_RUN`` + ``quick`` with ``--quick``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 short step, few tasks")
+    parser.add_argument("--recipe", default=recipe)
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, as for `userrl run`")
+    args = parser.parse_args(argv)
+    args.overrides = list(args.overrides) + (QUICK_RUN + quick if args.quick else [])
+    return args

@@ -166,16 +166,24 @@ def _mark_decisions(ax, decisions: list[dict[str, Any]], label: bool) -> None:
                         rotation=90, va="top", ha="right", fontsize=7, color=ACTION_COLOURS.get(action, "grey"))
 
 
+def _decorate(ax, decisions: list[dict[str, Any]], title: str, *, ylabel: str | None = None,
+              label_decisions: bool = False) -> None:
+    """What every step plot shares: guard decisions as vertical lines, title, integer step axis, grid."""
+    _mark_decisions(ax, decisions, label=label_decisions)
+    ax.set_title(title)
+    _step_axis(ax)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def _line(ax, data: RunData, key: str, title: str, decisions: list[dict[str, Any]]) -> None:
     steps, values = data.series(key)
     if steps:
         ax.plot(steps, values, marker="." if len(steps) < 60 else None, linewidth=1.4)
     else:
         ax.text(0.5, 0.5, f"{key}: not recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
-    _mark_decisions(ax, decisions, label=False)
-    ax.set_title(title)
-    _step_axis(ax)
-    ax.grid(alpha=0.3)
+    _decorate(ax, decisions, title)
 
 
 def plot_rewards(data: RunData, path: Path) -> Path:
@@ -192,11 +200,8 @@ def plot_rewards(data: RunData, path: Path) -> Path:
                    label=f"best: {best:.3f} at step {best_step}")
     if not steps and not validations:
         ax.text(0.5, 0.5, "no reward recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
-    _mark_decisions(ax, data.decisions, label=True)
-    ax.set_title("Reward per step (validation: mean over data sources of val-core/*/reward/mean@n)")
-    _step_axis(ax)
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
+    _decorate(ax, data.decisions, "Reward per step (validation: mean over data sources of val-core/*/reward/mean@n)",
+              ylabel="reward", label_decisions=True)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
     fig.savefig(path)
@@ -227,11 +232,8 @@ def plot_validation_by_source(data: RunData, path: Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no validation recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
-    _mark_decisions(ax, data.decisions, label=False)
-    ax.set_title("Validation reward per data source (val-core/<data_source>/reward/mean@n)")
-    _step_axis(ax)
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
+    _decorate(ax, data.decisions, "Validation reward per data source (val-core/<data_source>/reward/mean@n)",
+              ylabel="reward")
     fig.savefig(path)
     return path
 
@@ -248,10 +250,7 @@ def plot_response_length(data: RunData, path: Path) -> Path:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "response_length/mean: not recorded", ha="center", va="center", transform=ax.transAxes)
-    _mark_decisions(ax, data.decisions, label=False)
-    ax.set_title("Tokens per episode (response: all after the opening; policy tokens: sampled)")
-    _step_axis(ax)
-    ax.grid(alpha=0.3)
+    _decorate(ax, data.decisions, "Tokens per episode (response: all after the opening; policy tokens: sampled)")
     fig.savefig(path)
     return path
 
