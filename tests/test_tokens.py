@@ -116,17 +116,21 @@ def test_continuation_needs_an_assistant_turn_last(chatml):
 
 @pytest.mark.parametrize("template", [None, QWEN_STYLE_TEMPLATE])
 def test_fast_paths_give_exactly_what_the_tokenizer_gives(smol_tokenizer, template):
-    """The compiled template, the Rust encode/decode and the short continuation probe are used
-    for SmolLM2, and over a five-turn conversation they equal apply_chat_template / encode /
-    decode and the full-history probe."""
+    """The compiled template, the Rust encode/decode, the piece encoder, the spliced
+    continuation and the short continuation probe are used for SmolLM2, and over a five-turn
+    conversation (ASCII and non-ASCII replies, user and tool roles) they equal
+    apply_chat_template / encode / decode and the full-history probe."""
     fast = ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL], chat_template=template)
-    assert fast._compiled is not None and fast._backend is not None
+    assert fast._compiled is not None and fast._backend is not None and fast._pieces is not None
+    assert fast._splice_roles == {"user", "tool"}
     slow = ChatTokens(smol_tokenizer, tools=[INTERACT_WITH_ENV_TOOL], chat_template=template)
     slow._compiled, slow._backend, slow._short_probe = None, None, False
+    slow._pieces, slow._splice_roles = None, frozenset()
     history = list(OPENING)
     for turn in range(5):
         history.append({"role": "assistant", "content": f"<think>hm {turn}</think>Question {turn}: dates & \"budget\"?"})
-        new = [{"role": "user", "content": f"Answer {turn}:\n  May {turn + 1}."}]
+        content = f"Answer {turn}:\n  May {turn + 1}." if turn % 2 else f"Réponse {turn} — «mai»\t{turn}"
+        new = [{"role": "tool" if turn == 3 else "user", "content": content}]
         assert fast.continuation_ids(history, new, turn_closed=True) == slow.continuation_ids(history, new, turn_closed=True)
         history.extend(new)
         assert fast.prompt_ids(history) == slow.prompt_ids(history)
@@ -135,3 +139,62 @@ def test_fast_paths_give_exactly_what_the_tokenizer_gives(smol_tokenizer, templa
         assert fast.decode(ids) == slow.decode(ids)
     assert fast._short_probe is True
     assert fast.prompt_ids(OPENING) is not fast.prompt_ids(OPENING)  # cached, but never shared
+
+
+# Llama-3-style: every message's content is trimmed, so a reply cannot be spliced in verbatim
+TRIMMING_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + (m.content | trim) + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# renders a user message verbatim unless it holds a word the awkward-content probes do not try
+SELECTIVE_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' }}"
+    "{% if 'CONFIDENTIAL' in m.content %}{{ '[hidden]' }}{% else %}{{ m.content }}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _conversation_ids(tokens, replies):
+    """Held ids of a conversation whose assistant turns all close, replies appended by
+    continuation_ids."""
+    history, held = list(OPENING), tokens.prompt_ids(OPENING)
+    for index, reply in enumerate(replies):
+        question = f"Question {index}?"
+        held += tokens.encode(question) + tokens.end_of_turn_ids
+        history.append({"role": "assistant", "content": question})
+        held += tokens.continuation_ids(history, [{"role": "user", "content": reply}], turn_closed=True)
+        history.append({"role": "user", "content": reply})
+    return held, history
+
+
+def test_a_template_that_changes_content_is_rendered_not_spliced(smol_tokenizer):
+    tokens = ChatTokens(smol_tokenizer, chat_template=TRIMMING_TEMPLATE)
+    assert tokens._splice_roles == frozenset()
+    held, history = _conversation_ids(tokens, ["  padded reply  ", "\nsecond\n"])
+    assert tokens.matches_rendering(held, history)
+    assert "padded reply<|im_end|>" in tokens.decode(held)
+
+
+def test_a_splice_that_differs_from_the_rendering_is_caught_and_switched_off(smol_tokenizer, monkeypatch, caplog):
+    """The awkward-content probes cannot foresee every template; the audit compares a splice
+    with the rendering and stops splicing at the first difference."""
+    monkeypatch.setattr("userrl_core.rollout.tokens.AUDIT_EVERY", 1)
+    tokens = ChatTokens(smol_tokenizer, chat_template=SELECTIVE_TEMPLATE)
+    assert "user" in tokens._splice_roles
+    with caplog.at_level("WARNING", logger="userrl_core.rollout.tokens"):
+        held, history = _conversation_ids(tokens, ["fine", "this is CONFIDENTIAL", "fine again"])
+    assert tokens._splice_roles == frozenset()
+    assert "did not render a user message's content verbatim" in caplog.text
+    assert tokens.matches_rendering(held, history)  # the audited call returned the rendering
+    assert "[hidden]" in tokens.decode(held)
+
+
+def test_a_piece_encoding_that_differs_is_caught_and_switched_off(smol_tokenizer, monkeypatch, caplog):
+    monkeypatch.setattr("userrl_core.rollout.tokens.AUDIT_EVERY", 1)
+    tokens = ChatTokens(smol_tokenizer)
+    expected = tokens._encode_slow("plain words")
+    tokens._pieces._pieces[" words"] = [0]  # a corrupted cache entry stands for a wrong piece split
+    with caplog.at_level("WARNING", logger="userrl_core.rollout.tokens"):
+        assert tokens.encode("plain words") == expected
+    assert tokens._pieces is None and "switched off" in caplog.text

@@ -21,22 +21,42 @@ engine asks once per episode, at its last appended message),
 which the engine counts as ``rollout/retokenization_mismatch_rate``.
 
 Speed (the rollout does this for every episode-turn): the chat template is compiled once and
-rendered directly, fast tokenizers encode and decode through their Rust backend, and opening
-prompts are cached by content (the ``rollout.n`` samples of a task share one). Each shortcut is
-checked once against the tokenizer's own ``apply_chat_template`` / ``encode`` / ``decode`` on
-probe texts when a :class:`ChatTokens` is made, and not used if it differs.
+rendered directly, fast tokenizers encode and decode through their Rust backend, byte-level BPE
+tokenizers encode ASCII text through :mod:`userrl_core.rollout.piece_encoder`, and opening
+prompts are cached by content (the ``rollout.n`` samples of a task share one). A continuation's
+text is spliced, not rendered: the template's text around one new message is rendered once per
+opening and role with a marker as content, and the message's content put in its place; this is
+used only for roles whose content the template renders verbatim (checked on awkward contents:
+empty, padded with whitespace, holding ``<think>`` or ``<tool_response>`` blocks or Jinja syntax).
+Each shortcut is checked once against the tokenizer's own ``apply_chat_template`` / ``encode`` /
+``decode`` on probe texts when a :class:`ChatTokens` is made, and not used if it differs; the
+splice and the piece encoder are also compared with the slow way on one call in
+``AUDIT_EVERY`` and switched off, with a warning, at the first difference.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any, Sequence
 
 from userrl_core.errors import ConfigError
+from userrl_core.rollout.piece_encoder import PieceEncoder
 from userrl_core.types import Message
+
+log = logging.getLogger(__name__)
 
 _PROBE_USER = {"role": "user", "content": "Hello."}
 _PROMPT_CACHE_SIZE = 4096
+_FRAME_CACHE_SIZE = 4096
+AUDIT_EVERY = 64
+"""One splice and one piece-encoded text in this many is also made the slow way and compared."""
+_SPLICE_ROLES = ("user", "tool")
+# contents a template might not render verbatim (trimmed, parsed for reasoning or tool blocks)
+_AWKWARD_CONTENTS = ["", "x", "  padded on both sides \n", "\n\nblank lines\n\n", "\tTab\r\n",
+                     "<think>\nreasoning\n</think>\n\nanswer", "<tool_response>\n{}\n</tool_response>",
+                     "<tool_call>\n{\"name\": \"x\"}\n</tool_call>", "{{ braces }} {% raw %} {# hash #}",
+                     "Ünïcödé ✓ — 東京"]
 
 
 class ChatTokens:
@@ -55,6 +75,10 @@ class ChatTokens:
         self._short_probe: bool | None = None  # None: not decided until a continuation after turn 2
         self._marker = f"<<userrl-turn-{uuid.uuid4().hex}>>"  # no model output can contain it
         self._prompt_cache: dict[tuple[tuple[Any, Any], ...], list[int]] = {}
+        self._pieces: PieceEncoder | None = None  # ASCII encoding with cached pieces, once checked
+        self._frames: dict[tuple[Any, str], tuple[str, str] | None] = {}  # (opening, role) -> text around content
+        self._splice_roles: frozenset[str] = frozenset()
+        self._audits = {"splice": 0, "pieces": 0}
         self.tools: list[dict[str, Any]] | None = None
         if tools and self._template_renders_tools(tools):
             self.tools = tools
@@ -65,6 +89,7 @@ class ChatTokens:
             stops.add(int(tokenizer.eos_token_id))
         self.stop_token_ids: list[int] = sorted(stops)
         self._use_shortcuts()
+        self._splice_roles = frozenset(r for r in _SPLICE_ROLES if self._renders_verbatim(r))
 
     # ---------------------------------------------------------------------------------------
     # Rendering
@@ -90,9 +115,28 @@ class ChatTokens:
 
     def encode(self, text: str) -> list[int]:
         """Tokenise template text (special-token strings become their ids; no BOS added)."""
+        if self._pieces is not None:
+            ids = self._pieces.encode(text)
+            if ids is not None:
+                if self._due("pieces"):
+                    slow = self._encode_slow(text)
+                    if slow != ids:
+                        self._pieces = None
+                        log.warning("the cached-piece tokenisation differed from the tokenizer's on %r; "
+                                    "switched off for this run", text[:80])
+                        return slow
+                return ids
+        return self._encode_slow(text)
+
+    def _encode_slow(self, text: str) -> list[int]:
         if self._backend is not None:
             return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _due(self, shortcut: str) -> bool:
+        """Whether this use of ``shortcut`` is one to compare with the slow way."""
+        self._audits[shortcut] += 1
+        return self._audits[shortcut] % AUDIT_EVERY == 0
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids verbatim: special tokens kept, no clean-up of spaces."""
@@ -137,6 +181,7 @@ class ChatTokens:
                             for ids in slow]
             if fast == slow and decoded == slow_decoded:
                 self._backend = backend
+                self._pieces = PieceEncoder.for_tokenizer(backend)
 
     # ---------------------------------------------------------------------------------------
     # What episodes use
@@ -188,6 +233,58 @@ class ChatTokens:
     def _tail(self, before: Sequence[Message], new_messages: Sequence[Message]) -> str:
         """The template's text after an assistant turn that follows ``before``: that turn's
         end-of-turn text, ``new_messages`` and the generation prompt."""
+        frame = self._frame(before, new_messages)
+        if frame is None:
+            return self._rendered_tail(before, new_messages)
+        text = frame[0] + new_messages[0]["content"] + frame[1]
+        if self._due("splice"):
+            rendered = self._rendered_tail(before, new_messages)
+            if rendered != text:
+                self._splice_roles = frozenset()
+                log.warning("the chat template did not render a %s message's content verbatim; "
+                            "continuations are rendered in full from now on", new_messages[0]["role"])
+                return rendered
+        return text
+
+    def _frame(self, before: Sequence[Message], new_messages: Sequence[Message]) -> tuple[str, str] | None:
+        """The tail's text before and after the content of the one new message, when it can be
+        spliced (module doc); None otherwise."""
+        if len(new_messages) != 1:
+            return None
+        message = new_messages[0]
+        role = message.get("role")
+        if role not in self._splice_roles or len(message) != 2 or not isinstance(message.get("content"), str):
+            return None
+        key = _content_key(before)
+        if key is None:
+            return None
+        if (key, role) not in self._frames:
+            if len(self._frames) >= _FRAME_CACHE_SIZE:
+                self._frames.clear()
+            self._frames[(key, role)] = self._split_at_content(before, role)
+        return self._frames[(key, role)]
+
+    def _split_at_content(self, before: Sequence[Message], role: str) -> tuple[str, str] | None:
+        marker = f"<<userrl-content-{uuid.uuid4().hex}>>"
+        text = self._rendered_tail(before, [{"role": role, "content": marker}])
+        at = text.find(marker)
+        if at < 0 or text.find(marker, at + 1) >= 0:
+            return None
+        return text[:at], text[at + len(marker):]
+
+    def _renders_verbatim(self, role: str) -> bool:
+        """Whether the template puts a ``role`` message's content into its text unchanged."""
+        try:
+            frame = self._split_at_content([_PROBE_USER], role)
+            if frame is None:
+                return False
+            contents = [*_AWKWARD_CONTENTS, self.end_of_turn_text]
+            return all(self._rendered_tail([_PROBE_USER], [{"role": role, "content": c}]) == frame[0] + c + frame[1]
+                       for c in contents)
+        except Exception:  # the template rejects the role
+            return False
+
+    def _rendered_tail(self, before: Sequence[Message], new_messages: Sequence[Message]) -> str:
         marker = self._marker
         probe = [*before, {"role": "assistant", "content": marker}, *new_messages]
         text = self.render(probe, add_generation_prompt=True)
