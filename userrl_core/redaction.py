@@ -38,24 +38,31 @@ do not match (a secret name ends in ``key``/``token`` or says ``secret``/``passw
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Each shape with literals one of which any match must contain: a text holding none of them is
+# not scanned (most simulator replies and transcript lines hold none).
 _KEY_SHAPES = [
-    re.compile(r"\b(?:sk|pk|rk)-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_]{16,}"),  # OpenAI, Anthropic, DashScope
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),  # Slack
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),  # Google
+    # OpenAI, Anthropic, DashScope
+    (re.compile(r"\b(?:sk|pk|rk)-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_]{16,}"), ("sk-", "pk-", "rk-")),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), ("AKIA",)),  # AWS access key id
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), ("gh",)),  # GitHub
+    (re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), ("hf_",)),  # Hugging Face
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"), ("xox",)),  # Slack
+    (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), ("AIza",)),  # Google
 ]
 _CONTEXT_SHAPES = [
-    re.compile(r"(\bBearer\s+)([A-Za-z0-9._~+/=-]{16,})"),
-    re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)"),  # user:password@host
-    re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|secret|password)=)([^&\s#\"']+)"),
+    (re.compile(r"(\bBearer\s+)([A-Za-z0-9._~+/=-]{16,})"), ("Bearer",)),
+    (re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)"), ("://",)),  # user:password@host
+    (re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|secret|password)=)([^&\s#\"']+)"), ("=",)),
 ]
+
+
+def _may_match(text: str, literals: tuple[str, ...]) -> bool:
+    return any(literal in text for literal in literals)
 
 
 def looks_like_key(value: str) -> bool:
     """True for text shaped like an API key or holding credentials."""
-    return any(p.search(value) for p in _KEY_SHAPES) or any(p.search(value) for p in _CONTEXT_SHAPES)
+    return any(_may_match(value, literals) and p.search(value) for p, literals in (*_KEY_SHAPES, *_CONTEXT_SHAPES))
 
 
 class Redactor:
@@ -82,10 +89,12 @@ class Redactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
-        for pattern in _KEY_SHAPES:
-            text = pattern.sub(MASK, text)
-        for pattern in _CONTEXT_SHAPES:
-            text = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex and m.lastindex >= 3 else ""),
+        for pattern, literals in _KEY_SHAPES:
+            if _may_match(text, literals):
+                text = pattern.sub(MASK, text)
+        for pattern, literals in _CONTEXT_SHAPES:
+            if _may_match(text, literals):
+                text = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex and m.lastindex >= 3 else ""),
                                text)
         return text
 

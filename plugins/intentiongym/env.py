@@ -27,7 +27,7 @@ times, then fails the step the same way.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -216,11 +216,8 @@ class IntentionGymEnv:
             response_format="json",
         )
         self._unusable_replies = 0
-        reply, judged = await asyncio.gather(
-            self.simulator.complete(reply_request),
-            self._judge(judge_request, {label for label, _ in shown}),
-            return_exceptions=True,
-        )
+        reply, judged = await _both(self.simulator.complete(reply_request),
+                                    self._judge(judge_request, {label for label, _ in shown}))
         for outcome in (reply, judged):
             if isinstance(outcome, (SimulatorError, _JudgeFailed)):
                 return self._fail(str(outcome))
@@ -343,3 +340,23 @@ class IntentionGymFactory:
 
 
 make_env = IntentionGymFactory()
+
+
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Both results (or their exceptions), the two running at the same time: ``gather`` with
+    ``return_exceptions=True`` with one new task instead of two (once per episode-turn).
+    Cancellation and Ctrl-C are not caught; the other call is then cancelled."""
+    started = asyncio.ensure_future(first)
+    try:
+        try:
+            second_result: Any = await second
+        except Exception as exc:
+            second_result = exc
+        try:
+            first_result: Any = await started
+        except Exception as exc:
+            first_result = exc
+    except BaseException:
+        started.cancel()
+        raise
+    return first_result, second_result

@@ -18,7 +18,7 @@ Why it is built this way:
   and ``userrl plugins list`` should stay fast. ``LITELLM_LOCAL_MODEL_COST_MAP`` is set first
   so the import makes no network attempt; LiteLLM reuses its HTTP clients across calls.
 * ``simulator.extra.transport`` picks how requests travel: ``litellm`` (every model),
-  ``direct`` (:mod:`.openai_http`, one pooled aiohttp session per event loop, for an
+  ``direct`` (:mod:`.openai_http`, pooled keep-alive connections per event loop, for an
   OpenAI-compatible server) or ``auto`` (the default: ``direct`` for ``openai/<name>`` with an
   ``api_base``, where LiteLLM has nothing to translate, else ``litellm``). A profile of 256
   concurrent calls showed LiteLLM spending about 8 ms of client CPU per call against under 1 ms

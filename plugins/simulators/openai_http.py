@@ -14,7 +14,9 @@ picks; see docs/benchmarks.md for the measurements).
   ``InternalServerError``, ``APITimeoutError``, ...), the same ones LiteLLM raises, so retry
   decisions and error texts do not depend on the transport.
 * A body that is not a JSON object raises :class:`MalformedBody` (retryable, like LiteLLM's
-  decode errors).
+  decode errors). Bodies are read and written with ``orjson`` (strict JSON, UTF-8): on a 3 KB
+  chat request it takes about 1 us where ``json.dumps`` takes about 18 us, twice per
+  episode-turn.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 
 from userrl_plugins.simulators.http1 import Http1Client
 
@@ -71,7 +74,7 @@ class ChatCompletionsClient:
     async def create(self, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """Send one request; returns the decoded JSON object or raises (see the module doc)."""
         try:
-            response = await self._http.post(json.dumps(body).encode(), timeout=timeout)
+            response = await self._http.post(orjson.dumps(body), timeout=timeout)
         except asyncio.TimeoutError:
             raise openai.APITimeoutError(request=httpx.Request("POST", self.url)) from None
         except OSError as exc:  # refused, reset, closed mid-response, not HTTP
@@ -81,8 +84,8 @@ class ChatCompletionsClient:
             raise status_error(response.status, self.url, response.body.decode("utf-8", "replace"),
                                response.headers)
         try:
-            decoded = json.loads(response.body)
-        except ValueError:
+            decoded = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
             text = response.body.decode("utf-8", "replace")
             raise MalformedBody(f"the response body is not JSON: {text[:160]!r}") from None
         if not isinstance(decoded, dict):

@@ -36,8 +36,8 @@ docs/rollout.md explains the whole path from a reply to tokens and masks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -148,8 +148,11 @@ class _Limits:
 
 
 def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from a tuple of ints and strings (same inputs, same seed)."""
-    return random.Random(":".join(str(p) for p in parts)).getrandbits(31)
+    """A stable 31-bit seed from a tuple of ints and strings (same inputs, same seed, on every
+    machine and Python). An unkeyed BLAKE2b digest: about 1 us, where seeding a ``random.Random``
+    from the same text cost about 10 us, once per episode-turn."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 class RolloutEngine:
