@@ -1,19 +1,19 @@
 """The mixed-gym CPU quickstart (``recipes/mix_quickstart.yaml``): wall time, per-gym validation
 reward at step 0 and at the last step, and time per training step split by gym.
 
-Runs the recipe through the real trainer into a temporary run folder, with thin timing
-wrappers (nothing else changes):
+Runs the recipe through the real trainer into a temporary run folder, unchanged, and reads the
+time split from the run's own metrics (docs/metrics.md), so it measures either rollout mode:
 
-* generation per gym: each policy ``generate`` turn of the engine is timed and its wall time
-  split over the gyms by their share of the tokens sampled in that turn (episodes of all gyms
-  share one batch);
-* environment per gym: the summed duration of that gym's ``step()`` calls (they run
-  concurrently, so sums can exceed the wall time of a turn); it includes the simulator calls made
-  inside the step;
-* simulator per gym: the summed duration of the simulator calls made inside that gym's steps
-  (attributed through a context variable set by the step wrapper);
-* environment own = environment − simulator (parsing, search backend, waiting for a
-  concurrency slot).
+* ``timing_s/by_source/<data_source>/generate``: seconds that source's episodes waited for the
+  policy's generate;
+* ``.../simulator``: seconds they had a simulator call running (user replies, judges, graders);
+* ``.../env_own``: seconds in their environments' own code (``reset``/``step`` less the
+  simulator calls).
+
+These are summed episode-seconds (episodes overlap, in async mode at their own pace), so they
+exceed the rollout's wall time. The table gives both, per training step (mean over steps): the
+raw sums, and the rollout's wall time (``timing_s/rollout``) split by each (gym, phase)'s share of
+that step's summed episode-seconds.
 
 Usage::
 
@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import re
 import tempfile
@@ -35,83 +34,46 @@ from typing import Any
 
 from benchmarks.common import recipe_arguments, print_table, write_results
 
-_CURRENT_GYM: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_gym", default=None)
 _VAL = re.compile(r"^val-core/(?P<source>.+)/reward/mean@\d+$")
+_BY_SOURCE = re.compile(r"^timing_s/by_source/(?P<source>.+)/(?P<phase>generate|simulator|env_own)$")
+PHASES = ("generate", "simulator", "env_own")
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-class GymClock:
-    """Seconds per (phase, gym), training rollouts and validation kept apart."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[tuple[str, str, str], float] = defaultdict(float)
-        self.validating = False
-
-    def add(self, phase: str, gym: str, seconds: float) -> None:
-        self.seconds[("validation" if self.validating else "train", phase, gym)] += seconds
-
-
-class TimedSimulator:
-    def __init__(self, inner: Any, clock: GymClock) -> None:
-        self.inner, self.clock, self.name = inner, clock, inner.name
-
-    async def complete(self, request: Any) -> Any:
-        started = time.perf_counter()
+def without_machine_paths(value: Any) -> Any:
+    """``value`` with every absolute path in its strings written relative to the repository (a
+    path elsewhere keeps only its file name), so a results file says nothing of this machine."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        path = Path(value)
         try:
-            return await self.inner.complete(request)
-        finally:
-            self.clock.add("simulator", _CURRENT_GYM.get() or "(none)", time.perf_counter() - started)
-
-    def stats(self) -> dict[str, float]:
-        return self.inner.stats()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+            return str(path.relative_to(REPOSITORY))
+        except ValueError:
+            return path.name
+    return value
 
 
-def instrument(components: Any, clock: GymClock) -> None:
-    engine = components.engine
-    simulator = TimedSimulator(components.simulator, clock)
-    engine.simulator = components.simulator = simulator
-
-    create, generate, run = engine._create, engine._generate, engine.run
-
-    def timed_create(tasks, n, seed, *rest, **kwargs):  # the engine's further arguments pass through
-        live = create(tasks, n, seed, *rest, **kwargs)
-        for state in live:
-            gym, step = state.episode.task.env_name, state.env.step
-
-            async def timed_step(action, _step=step, _gym=gym):
-                token = _CURRENT_GYM.set(_gym)
-                started = time.perf_counter()
-                try:
-                    return await _step(action)
-                finally:
-                    clock.add("environment", _gym, time.perf_counter() - started)
-                    _CURRENT_GYM.reset(token)
-
-            state.env.step = timed_step
-        return live
-
-    async def timed_generate(active, *args, **kwargs):
-        started = time.perf_counter()
-        outputs = await generate(active, *args, **kwargs)
-        elapsed = time.perf_counter() - started
-        tokens: dict[str, int] = defaultdict(int)
-        for state, (ids, _) in zip(active, outputs):
-            tokens[state.episode.task.env_name] += len(ids)
-        total = sum(tokens.values()) or 1
-        for gym, count in tokens.items():
-            clock.add("generation", gym, elapsed * count / total)
-        return outputs
-
-    async def timed_run(*args, validation: bool = False, **kwargs):
-        clock.validating = validation
-        try:
-            return await run(*args, validation=validation, **kwargs)
-        finally:
-            clock.validating = False
-
-    engine._create, engine._generate, engine.run = timed_create, timed_generate, timed_run
+def time_split(lines: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], int]:
+    """Per data source and phase, the mean over training steps of (the summed episode-seconds,
+    the step's rollout wall time times that (source, phase)'s share of the step's sum); and the
+    number of training steps read."""
+    raw: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PHASES, 0.0))
+    wall: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PHASES, 0.0))
+    steps = 0
+    for line in lines:
+        parts = [(m["source"], m["phase"], float(v)) for k, v in line.items() if (m := _BY_SOURCE.match(k))]
+        if not parts or "timing_s/rollout" not in line:
+            continue
+        steps += 1
+        total = sum(v for _, _, v in parts)
+        for source, phase, seconds in parts:
+            raw[source][phase] += seconds
+            wall[source][phase] += line["timing_s/rollout"] * seconds / total if total > 0 else 0.0
+    mean = lambda table: {s: {p: v / max(steps, 1) for p, v in phases.items()} for s, phases in sorted(table.items())}
+    return mean(raw), mean(wall), steps
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -124,7 +86,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from userrl_core.training.build import needs_simulator
     from userrl_core.training.trainer import Trainer
 
-    clock = GymClock()
     with tempfile.TemporaryDirectory(prefix="userrl-bench-") as folder:
         config = load_recipe(args.recipe, overrides + ["trainer.report=false"])
         run_dir = Path(folder) / "run"
@@ -132,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         trainer = Trainer(config, run_dir)  # loads the tasks, then builds the components, as `userrl run` does
         setup_s = time.perf_counter() - started
-        instrument(trainer.c, clock)
         try:
             summary = asyncio.run(trainer.run(False))
         finally:
@@ -164,27 +124,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(f"Validation per data source (greedy, 1 sample per task): step {first_step} and step {last_step}",
                 ["data source", f"step {first_step}", "failed", f"step {last_step}", "failed"], rewards)
 
-    gyms = sorted({gym for (_, _, gym) in clock.seconds})
-    split_rows = []
-    for gym in gyms:
-        generation = clock.seconds.get(("train", "generation", gym), 0.0)
-        environment = clock.seconds.get(("train", "environment", gym), 0.0)
-        simulator = clock.seconds.get(("train", "simulator", gym), 0.0)
-        split_rows.append([gym, generation / max(steps, 1), simulator / max(steps, 1),
-                           max(environment - simulator, 0.0) / max(steps, 1), environment / max(steps, 1)])
-    print_table(f"Training rollout time per step by gym (s; {steps} steps, mean)",
-                ["gym", "generation", "simulator", "environment own", "environment incl. simulator"], split_rows)
+    raw, wall, timed_steps = time_split(lines)
+    split_rows = [[source] + [wall[source][p] for p in PHASES] + [raw[source][p] for p in PHASES] for source in raw]
+    print_table(f"Training rollout time per step by gym (s; mean of {timed_steps} steps): the rollout's wall time "
+                "split by share of episode-seconds, then the summed episode-seconds",
+                ["data source", "generate", "simulator", "env own", "Σ generate", "Σ simulator", "Σ env own"],
+                split_rows)
     print(f"total {total:.1f} s (set-up {setup_s:.1f} s), time per step {step_times}, environments needing a "
           f"simulator: {needing}")
-    payload = {
+    payload = without_machine_paths({
         "settings": {"recipe": args.recipe, "overrides": overrides, "quick": args.quick},
         "steps": steps, "total_s": total, "setup_s": setup_s, "time_per_step_s": step_times,
         "validation": {"first_step": first_step, "last_step": last_step,
                        "rows": {r[0]: r[1:] for r in rewards}},
-        "seconds_by_gym": {"/".join(k): v for k, v in sorted(clock.seconds.items())},
+        "rollout_s_per_step_by_source": wall,
+        "episode_s_per_step_by_source": raw,
         "tasks": tasks,
         "summary_status": summary["status"],
-    }
+    })
     path = write_results("bench_mix_quickstart", payload, file_stem="bench_mix_quickstart" + ("_quick" if args.quick else ""))
     print(f"results: {path}")
     return payload

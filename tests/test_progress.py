@@ -24,9 +24,9 @@ import time
 import pytest
 from rich.console import Console
 from support.openai_server import OpenAIServer, reply, status
-from support.tiny_runs import JUDGE_VERDICT_NONE, ROOT, is_judge_request, tiny_recipe, userrl_command
+from support.tiny_runs import (JUDGE_VERDICT_NONE, ROOT, is_judge_request, loopback_rollout_config, tiny_recipe,
+                               userrl_command)
 
-from userrl_core.config.schema import RunConfig
 from userrl_core.data import load_tasks
 from userrl_core.plugins import get_plugin_manager
 from userrl_core.rollout import RolloutEngine
@@ -186,13 +186,8 @@ def test_engine_reports_episodes_turns_phases_and_the_simulators_own_calls(smol_
     tasks = load_tasks(DATA_DIR / "userrl_splits" / "train.parquet", registry, max_tasks=3).tasks
     openings = [t.prompt[-1]["content"] for t in tasks]
     with OpenAIServer(default=answer) as server:
-        config = RunConfig(
-            model={"path": "unused"}, data={"train_files": ["unused"]},
-            rollout={"mode": mode, "action_format": "plain_text", "n": 2, "max_turns": TURNS, "max_new_tokens": 40,
-                     "max_episode_tokens": 4096},
-            simulator={"name": "litellm", "model": "openai/test-model", "api_base": server.base_url,
-                       "num_retries": 0, "timeout": 30.0, "max_concurrency": 4},
-        )
+        config = loopback_rollout_config(mode, server.base_url, turns=TURNS, n=2,
+                                         max_concurrency=4)
         simulator = build_litellm_simulator(config=config.simulator)
         tally, seen = Recording(), []
         engine = RolloutEngine(QuestionPolicy(smol_tokenizer, openings, seen, tally), registry, simulator, config)

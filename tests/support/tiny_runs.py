@@ -70,3 +70,17 @@ def run_userrl(*args: str, env: dict[str, str] | None = None, timeout: float = 6
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(userrl_command(*args), cwd=ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def loopback_rollout_config(mode: str, api_base: str, *, turns: int, n: int, max_concurrency: int) -> Any:
+    """The RunConfig of an engine-level test: IntentionGym episodes of plain-text questions
+    against the ``litellm`` simulator on a loopback server, no retries."""
+    from userrl_core.config.schema import RunConfig
+
+    return RunConfig(
+        model={"path": "unused"}, data={"train_files": ["unused"]},
+        rollout={"mode": mode, "action_format": "plain_text", "n": n, "max_turns": turns, "max_new_tokens": 40,
+                 "max_episode_tokens": 4096},
+        simulator={"name": "litellm", "model": "openai/test-model", "api_base": api_base,
+                   "num_retries": 0, "timeout": 30.0, "max_concurrency": max_concurrency},
+    )

@@ -109,6 +109,10 @@ class _Live:
     # (ids, messages) held after the latest appended environment message: checked against a
     # fresh rendering once, when the episode is over (a mismatch anywhere shows there too)
     check_point: tuple[int, int] | None = None
+    # this episode's own view of the simulator (it sums the seconds of the calls its steps make)
+    simulator: CountedSimulator | None = None
+    generate_s: float = 0.0  # seconds waiting for the policy's generate (its slot included)
+    env_s: float = 0.0  # seconds in reset() and step(), simulator calls included
 
     @property
     def ids(self) -> list[int]:
@@ -200,6 +204,9 @@ class RolloutEngine:
         checked = retokenization_sample(len(live))
         for index, state in enumerate(live):
             self._collect_metrics(state)
+            simulator_s = state.simulator.seconds if state.simulator is not None else 0.0
+            counters.add_episode_time(state.episode.task.data_source, state.generate_s, simulator_s,
+                                      max(state.env_s - simulator_s, 0.0))
             if index in checked:
                 counters.checked_episodes += 1
                 counters.mismatched_episodes += self._retokenization_differs(state)
@@ -255,11 +262,7 @@ class RolloutEngine:
         """One episode from reset to its end."""
         if state.env is None:  # its factory failed: already ended as ENV_ERROR
             return
-        try:
-            opening = await state.env.reset()
-        except Exception as exc:
-            opening = exc
-        self._start(state, opening)
+        self._start(state, await self._reset(state))
         episode = state.episode
         turn = 0
         while not state.finished:
@@ -271,12 +274,14 @@ class RolloutEngine:
                 prompts=[list(state.ids)], seed=derive_seed(*seed_parts, turn, episode.group, episode.sample),
                 **sampling,
             )
+            waiting = time.perf_counter()
             with limits.generating, busy(state.progress, GENERATE, 1):
                 if limits.policy is None:
                     result = await self.backend.generate(request)
                 else:
                     async with limits.policy:
                         result = await self.backend.generate(request)
+            state.generate_s += time.perf_counter() - waiting
             counters.generate_calls += 1
             ((ids, logprobs),) = self._read_result(result, 1)
             action = self._take_turn(state, ids, logprobs, counters)
@@ -295,7 +300,7 @@ class RolloutEngine:
     async def _run_in_lockstep(self, live: list[_Live], sampling: dict[str, Any], seed: int, validation: bool,
                                counters: RolloutCounters) -> None:
         starting = [s for s in live if s.env is not None]  # the others' factory failed
-        openings = await asyncio.gather(*(s.env.reset() for s in starting), return_exceptions=True)
+        openings = await asyncio.gather(*(self._reset(s) for s in starting), return_exceptions=True)
         for state, opening in zip(starting, openings):
             self._start(state, opening)
         slots = asyncio.Semaphore(self.config.simulator.max_concurrency)
@@ -333,7 +338,6 @@ class RolloutEngine:
             if task.env_name not in factories:
                 where = f"{task.source or 'task ' + repr(task.id)}: env_name"
                 factories[task.env_name] = self.registry.get(Kind.ENVIRONMENT, task.env_name, key_path=where)
-        simulator = None if self.simulator is None else CountedSimulator(self.simulator, progress)
         live = []
         for group, task in enumerate(tasks):
             settings = dict(self.config.env.get(task.env_name, {}))
@@ -341,10 +345,12 @@ class RolloutEngine:
                 episode = Episode(task=task, group=group, sample=sample, token_ids=[], loss_mask=[],
                                   prompt_length=0, turns=[], messages=[])
                 state = _Live(episode=episode, env=None, logprobs=None, progress=progress)
+                if self.simulator is not None:
+                    state.simulator = CountedSimulator(self.simulator, progress)
                 live.append(state)
                 try:
                     state.env = factories[task.env_name](
-                        task=task, simulator=simulator, settings=settings, seed=derive_seed(seed, group, sample)
+                        task=task, simulator=state.simulator, settings=settings, seed=derive_seed(seed, group, sample)
                     )
                 except Exception as exc:  # third-party code: one broken episode, not a dead run
                     self._env_error(state, "factory", f"raised {_describe(exc)}")
@@ -395,7 +401,11 @@ class RolloutEngine:
                 seed=derive_seed(seed, "validation" if validation else "train", turn, chunk_index),
                 **sampling,
             )
+            waiting = time.perf_counter()
             result = await self.backend.generate(request)
+            waited = time.perf_counter() - waiting
+            for state in chunk:  # every episode of the chunk waited for the whole batch
+                state.generate_s += waited
             counters.generate_calls += 1
             outputs.extend(self._read_result(result, len(chunk)))
         counters.generate_s += time.perf_counter() - clock
@@ -467,15 +477,30 @@ class RolloutEngine:
                 state.feedback = {"role": "user", "content": turn.observation}
         return None
 
+    async def _reset(self, state: _Live) -> Any:
+        """The environment's ``reset()`` result, or the exception it raised (for :meth:`_start`),
+        its seconds added to the episode's environment time."""
+        started = time.perf_counter()
+        try:
+            return await state.env.reset()
+        except Exception as exc:
+            return exc
+        finally:
+            state.env_s += time.perf_counter() - started
+
     async def _step(self, state: _Live, action: Action, slots: asyncio.Semaphore) -> StepResult | Exception:
-        """One environment step within the simulator bound. A simulator failure or an error of
-        the environment's own is returned (it ends only this episode); Ctrl-C and cancellation
+        """One environment step within the simulator bound (its seconds, not the wait for a
+        slot, added to the episode's environment time). A simulator failure or an error of the
+        environment's own is returned (it ends only this episode); Ctrl-C and cancellation
         propagate."""
         async with slots:
+            started = time.perf_counter()
             try:
                 return await state.env.step(action)
             except Exception as exc:
                 return exc
+            finally:
+                state.env_s += time.perf_counter() - started
 
     def _apply_step(self, state: _Live, outcome: StepResult | Exception) -> None:
         turn = state.episode.turns[-1]

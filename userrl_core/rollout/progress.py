@@ -16,6 +16,7 @@ grader) passes through it, so "in flight" is what is awaiting the simulator righ
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Iterator, Protocol
 
 from userrl_core.types import Simulator, SimulatorRequest, SimulatorResponse
@@ -108,13 +109,20 @@ def busy(progress: RolloutProgress, phase: str, episodes: int) -> Iterator[None]
 
 
 class CountedSimulator:
-    """The run's simulator as one rollout's environments see it: the same calls, reported to
-    ``progress`` as they start and end. A call that raises (``SimulatorError`` after the
-    simulator's retries, or any other error) is a failed call; a cancelled one ends unfailed."""
+    """The run's simulator as one episode's environment sees it: the same calls, reported to
+    ``progress`` as they start and end, and in :attr:`seconds` the wall time during which at
+    least one of its calls was running (the episode's simulator time, whichever way the calls
+    ended; an environment that makes two calls at once counts their overlap once, so the time
+    stays within its step's). A call that raises
+    (``SimulatorError`` after the simulator's retries, or any other error) is a failed call; a
+    cancelled one ends unfailed."""
 
     def __init__(self, inner: Simulator, progress: RolloutProgress) -> None:
         self._inner = inner
         self._progress = progress
+        self.seconds = 0.0
+        self._running = 0
+        self._since = 0.0
 
     @property
     def name(self) -> str:
@@ -123,12 +131,18 @@ class CountedSimulator:
     async def complete(self, request: SimulatorRequest) -> SimulatorResponse:
         self._progress.simulator_call_started()
         failed = False
+        if self._running == 0:
+            self._since = time.perf_counter()
+        self._running += 1
         try:
             return await self._inner.complete(request)
         except Exception:
             failed = True
             raise
         finally:
+            self._running -= 1
+            if self._running == 0:
+                self.seconds += time.perf_counter() - self._since
             self._progress.simulator_call_ended(failed)
 
     def stats(self) -> dict[str, float]:

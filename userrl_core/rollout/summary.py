@@ -11,7 +11,7 @@ environment is never mistaken for a simulator outage.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Iterable
 
@@ -22,6 +22,9 @@ SIMULATOR_ERROR_KEY = "simulator_error"
 
 ENV_ERROR_KEY = "env_error"
 """``Turn.info`` key set on the turn whose environment step raised or returned something invalid."""
+
+SOURCE_TIME_PHASES = ("generate", "simulator", "env_own")
+"""The phases of ``timing_s/by_source/<data_source>/<phase>``, in :class:`RolloutCounters` order."""
 
 
 @dataclass
@@ -36,6 +39,16 @@ class RolloutCounters:
     total_s: float = 0.0
     generate_calls: int = 0
     mode: str = "sync"  # rollout.mode the episodes ran in
+    # per data source: summed episode-seconds [generate, simulator, env_own] (see add_episode_time)
+    source_seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_episode_time(self, data_source: str, generate_s: float, simulator_s: float, env_own_s: float) -> None:
+        """One finished episode's seconds: waiting for the policy's generate, in simulator calls
+        its environment made, and in its environment's own code (reset and steps less those
+        calls). Episodes overlap, so these are episode-seconds, not wall time."""
+        sums = self.source_seconds.setdefault(data_source, [0.0, 0.0, 0.0])
+        for index, seconds in enumerate((generate_s, simulator_s, env_own_s)):
+            sums[index] += seconds
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -49,7 +62,9 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
     response after the opening, simulator replies included, as verl does;
     ``rollout/policy_tokens/*`` only the tokens the policy sampled. ``rollout/mode/<mode>`` (1) names the mode
     they ran in; in async mode ``timing_s/generate`` and ``timing_s/env`` are the wall time during
-    which any generation or environment step was running (they overlap)."""
+    which any generation or environment step was running (they overlap).
+    ``timing_s/by_source/<data_source>/<phase>`` are summed episode-seconds per data source
+    (:meth:`RolloutCounters.add_episode_time`)."""
     turns = [turn for episode in episodes for turn in episode.turns]
     n_turns = len(turns)
     failed = [e for e in episodes if e.status is not EpisodeStatus.OK]
@@ -92,6 +107,9 @@ def rollout_metrics(episodes: list[Episode], counters: RolloutCounters) -> dict[
         "rollout/generate_calls": float(counters.generate_calls),
     }
     metrics[f"rollout/mode/{counters.mode}"] = 1.0
+    for source, sums in sorted(counters.source_seconds.items()):
+        for phase, seconds in zip(SOURCE_TIME_PHASES, sums):
+            metrics[f"timing_s/by_source/{source}/{phase}"] = seconds
     for reason, count in Counter(e.end_reason for e in episodes).items():
         metrics[f"rollout/end/{reason}"] = float(count)
     names = sorted({name for e in ok for name in e.metrics})
@@ -113,6 +131,7 @@ def validation_metrics(episodes: list[Episode], n: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for source, source_episodes in sorted(by_source.items()):
         ok = [e for e in source_episodes if e.status is EpisodeStatus.OK]
+        metrics[f"val-aux/{source}/episodes"] = float(len(source_episodes))
         metrics[f"val-aux/{source}/failed_episodes"] = float(len(source_episodes) - len(ok))
         metrics[f"val-aux/{source}/env_errors"] = float(
             sum(e.status is EpisodeStatus.ENV_ERROR for e in source_episodes))
