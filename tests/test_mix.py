@@ -87,6 +87,9 @@ def test_validation_is_per_data_source_and_the_report_draws_each(mixed_run):
         assert line["val-aux/interact_persuade/failed_episodes"] == 1.0  # the tiny model's persona is noise
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "## Validation per data source" in report and "| interact_function |" in report
+    # the gym whose validation episodes all failed is listed too, with no reward made up for it
+    assert "| interact_persuade | all failed (step 0) | all failed (step 1) | all failed | 1 of 1 |" in report
+    assert "val-core/interact_persuade/reward/mean@1" not in validated[-1]
     assert (run_dir / "plots" / "validation_by_source.png").stat().st_size > 10_000
     assert "plots/validation_by_source.png" in report
 

@@ -15,7 +15,15 @@ from PIL import Image
 
 from userrl_core.config import validate_config
 from userrl_core.errors import UserError
-from userrl_core.training.report import PLOTS, key_nodes, load_run, pick_transcripts, write_report
+from userrl_core.training.report import (
+    PLOTS,
+    key_nodes,
+    load_run,
+    pick_transcripts,
+    validation_by_source,
+    validation_failures,
+    write_report,
+)
 
 VAL_KEY = "val-core/interact_intention/reward/mean@1"
 
@@ -183,3 +191,38 @@ def test_cli_report_command_in_a_subprocess(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "userrl_core.cli", "report", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "run folder not found" in bad.stderr
+
+
+def test_a_gym_whose_validation_episodes_all_failed_is_shown_without_a_made_up_reward(tmp_path):
+    """A mixed run where one gym's validation episodes always fail (its simulator never gives a
+    usable reply): that gym has no reward at any step, yet the report lists it, marks its steps
+    "all failed" and draws its failed share; the other gym keeps its reward curve."""
+    run_dir = make_run_folder(tmp_path, steps=4)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop(VAL_KEY, None)
+        if line["step"] in (0, 2, 4):
+            line.update({
+                "val-core/interact_function/reward/mean@1": 0.25 * line["step"],
+                "val-aux/interact_function/episodes": 2.0, "val-aux/interact_function/failed_episodes": 0.0,
+                "val-aux/interact_persuasion/episodes": 2.0, "val-aux/interact_persuasion/failed_episodes": 2.0,
+                "val-aux/simulator/failures": 4.0,
+            })
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    data = load_run(run_dir)
+    assert "interact_persuasion" not in validation_by_source(data)  # no reward is invented for it
+    failures = validation_failures(data)
+    assert set(failures) == {"interact_function", "interact_persuasion"}  # not the simulator's counters
+    assert failures["interact_persuasion"] == ([0, 2, 4], [1.0, 1.0, 1.0], [True, True, True])
+    assert failures["interact_function"] == ([0, 2, 4], [0.0, 0.0, 0.0], [False, False, False])
+
+    text = write_report(run_dir).read_text()
+    assert "| interact_persuasion | all failed (step 0) | all failed (step 4) | all failed | 2 of 2 |" in text
+    assert "| interact_function | 0 (step 0) | 1 (step 4) | 1 | 0 of 2 |" in text
+    # the failed gym is drawn in its own colour (matplotlib's second cycle colour, C1 #ff7f0e):
+    # its "all failed" marks and its failed-share line
+    with Image.open(run_dir / "plots" / "validation_by_source.png") as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=int)
+    orange = (abs(pixels - np.array([0xff, 0x7f, 0x0e])).sum(axis=2) < 40).sum()
+    assert orange > 200

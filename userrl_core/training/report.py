@@ -209,11 +209,13 @@ def plot_rewards(data: RunData, path: Path) -> Path:
 
 
 _VAL_SOURCE = re.compile(r"^val-core/(?P<source>.+)/reward/mean@(?P<n>\d+)$")
+_VAL_FAILED = re.compile(r"^val-aux/(?P<source>.+)/failed_episodes$")
 
 
 def validation_by_source(data: RunData) -> dict[str, tuple[list[int], list[float]]]:
     """Validation reward per data source (``val-core/<source>/reward/mean@n``), by step: one
-    curve per gym of a mixed run."""
+    curve per gym of a mixed run. A source whose episodes all failed at a step has no reward
+    there (see :func:`validation_failures`)."""
     keys = sorted({key for line in data.metrics for key in line if _VAL_SOURCE.match(key)})
     out: dict[str, tuple[list[int], list[float]]] = {}
     for key in keys:
@@ -223,17 +225,58 @@ def validation_by_source(data: RunData) -> dict[str, tuple[list[int], list[float
     return out
 
 
+def validation_failures(data: RunData) -> dict[str, tuple[list[int], list[float], list[bool]]]:
+    """Per validated data source (every source the validation ran, whether or not any of its
+    episodes succeeded), by validation step: the share of its episodes that failed
+    (``val-aux/<source>/failed_episodes`` over ``val-aux/<source>/episodes``; the count itself
+    for a run that did not record the episodes) and whether all of them failed (no reward)."""
+    sources = sorted({m["source"] for line in data.metrics for key in line if (m := _VAL_FAILED.match(key))}
+                     - {"simulator"})
+    rewards = validation_by_source(data)
+    out: dict[str, tuple[list[int], list[float], list[bool]]] = {}
+    for source in sources:
+        steps, failed = data.series(f"val-aux/{source}/failed_episodes")
+        rated, totals = data.series(f"val-aux/{source}/episodes")
+        total_at = dict(zip(rated, totals))
+        rewarded = set(rewards.get(source, ([], []))[0])
+        shares = [f / total_at[s] if total_at.get(s) else f for s, f in zip(steps, failed)]
+        out[source] = (steps, shares, [s not in rewarded for s in steps])
+    return out
+
+
 def plot_validation_by_source(data: RunData, path: Path) -> Path:
-    fig, (ax,) = _figure(1, height=4.0)
+    """Top: reward per data source; a source whose episodes all failed at some validation has
+    no point there (no reward exists; none is made up) and says so in the legend. Bottom: each
+    source's failed share, an x where all of its episodes failed."""
+    fig, (ax, below) = _figure(2, height=3.4)
     curves = validation_by_source(data)
-    for source, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="o", linewidth=1.4, label=source)
-    if curves:
+    failures = validation_failures(data)
+    for index, source in enumerate(sorted(set(curves) | set(failures))):
+        colour = f"C{index % 10}"
+        steps, values = curves.get(source, ([], []))
+        failed_steps, shares, all_failed = failures.get(source, ([], [], []))
+        lost = [s for s, gone in zip(failed_steps, all_failed) if gone]
+        where = f"step {', '.join(map(str, lost))}" if len(lost) <= 4 else f"{len(lost)} validations"
+        label = source + (f" (no reward at {where}: all episodes failed)" if lost else "")
+        ax.plot(steps, values, marker="o", linewidth=1.4, color=colour, label=label)
+        if failed_steps:
+            below.plot(failed_steps, shares, marker="o", linewidth=1.4, color=colour, label=source)
+            if lost:
+                below.scatter(lost, [shares[failed_steps.index(s)] for s in lost], marker="x", s=90, color=colour,
+                              zorder=4, label=f"{source}: all failed")
+    if curves or failures:
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no validation recorded in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+    if failures:
+        below.legend(loc="best", fontsize=8)
+    else:
+        below.text(0.5, 0.5, "no failed-episode counts (val-aux/<data_source>/failed_episodes) in metrics.jsonl",
+                   ha="center", va="center", transform=below.transAxes)
     _decorate(ax, data.decisions, "Validation reward per data source (val-core/<data_source>/reward/mean@n)",
               ylabel="reward")
+    _decorate(below, data.decisions, "Failed validation episodes per data source (x: all failed)",
+              ylabel="failed share")
     fig.savefig(path)
     return path
 
@@ -570,13 +613,20 @@ def _summary_rows(data: RunData) -> list[list[Any]]:
 
 
 def source_rows(data: RunData) -> list[list[Any]]:
-    """Per data source: first and last validation reward (with their steps), best, and failed
-    episodes at the last validation."""
+    """Per validated data source: first and last validation reward (with their steps; "all
+    failed" where every episode failed), best, and failed episodes at the last validation."""
+    curves = validation_by_source(data)
     rows = []
-    for source, (steps, values) in validation_by_source(data).items():
+    for source, (steps, _, _) in validation_failures(data).items():
+        rewards = dict(zip(*curves.get(source, ([], []))))
+
+        def at(step: int) -> str:
+            return f"{_fmt(rewards[step]) if step in rewards else 'all failed'} (step {step})"
+
         failed = data.value_at(f"val-aux/{source}/failed_episodes", steps[-1])
-        rows.append([source, f"{_fmt(values[0])} (step {steps[0]})", f"{_fmt(values[-1])} (step {steps[-1]})",
-                     _fmt(max(values)), _fmt(failed)])
+        total = data.value_at(f"val-aux/{source}/episodes", steps[-1])
+        rows.append([source, at(steps[0]), at(steps[-1]), _fmt(max(rewards.values())) if rewards else "all failed",
+                     _fmt(failed) + (f" of {_fmt(total)}" if total is not None else "")])
     return rows
 
 
