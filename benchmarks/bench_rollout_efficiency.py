@@ -35,6 +35,7 @@ Usage::
     python -m benchmarks.bench_rollout_efficiency                  # E in 64, 256, 1024; T = 8; both models; 3 repeats
     python -m benchmarks.bench_rollout_efficiency --quick          # smoke run: E = 8, T = 2, short latencies
     python -m benchmarks.bench_rollout_efficiency --latency heavy --episodes 256 --repeats 1
+    python -m benchmarks.bench_rollout_efficiency --episodes 1024 --latency-scale 0.1   # dense events: CPU apart from idle gaps
 """
 
 from __future__ import annotations
@@ -227,11 +228,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="event loop of the client (uvloop: as userrl runs)")
     parser.add_argument("--transport", choices=["direct", "litellm", "auto"], default="auto",
                         help="simulator.extra.transport of the litellm plugin")
+    parser.add_argument("--latency-scale", type=float, default=1.0,
+                        help="multiply every median latency (0.1: the same rollout with its events ten "
+                             "times denser in time, to see the client's CPU apart from idle-gap effects)")
     args = parser.parse_args(argv)
     models = LATENCY_MODELS
     if args.quick:
         args.episodes, args.turns, args.repeats = [8], 2, 1
         models = QUICK_MODELS
+    if args.latency_scale != 1.0:
+        models = {k: (p * args.latency_scale, ps, s * args.latency_scale, ss) for k, (p, ps, s, ss) in models.items()}
 
     sync_repeats = args.repeats if args.sync_repeats is None else min(args.sync_repeats, args.repeats)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows,
     )
     payload = {"settings": vars(args), "latency_models": {k: models[k] for k in args.latency}, "results": records}
-    stem = "bench_rollout_efficiency" + ("" if args.transport == "auto" else f"_{args.transport}")
+    stem = ("bench_rollout_efficiency" + ("" if args.transport == "auto" else f"_{args.transport}")
+            + ("" if args.latency_scale == 1.0 else f"_scale{args.latency_scale:g}"))
     path = write_results("bench_rollout_efficiency", payload, file_stem=stem)
     print(f"results: {path}")
     return payload

@@ -19,6 +19,7 @@ import time
 
 BENCHMARKS = (
     "bench_rollout_efficiency",
+    "bench_idle_gaps",
     "bench_credit_assignment",
     "bench_trainer_overhead",
     "bench_generation",

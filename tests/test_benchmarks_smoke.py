@@ -51,6 +51,17 @@ def test_reference_loop_matches_the_formula_on_a_hand_example():
         assert torch.allclose(fn(token_turn, credits, scores, groups), expected, atol=1e-12)
 
 
+def test_idle_gaps_quick_measures_every_gap(results_dir):
+    from benchmarks import bench_idle_gaps
+
+    payload = bench_idle_gaps.main(["--quick"])
+    records = payload["results"]
+    assert [r["gap_ms"] for r in records] == [0, 5]
+    assert all(r["median_us"] > 0 and len(r["repeats_us"]) == 1 for r in records)
+    assert records[0]["ratio"] == 1.0
+    assert json.loads((results_dir / "bench_idle_gaps.json").read_text())["results"] == records
+
+
 def test_rollout_efficiency_quick_runs_real_episodes(results_dir):
     from benchmarks import bench_rollout_efficiency
 
@@ -70,3 +81,32 @@ def test_rollout_efficiency_quick_runs_real_episodes(results_dir):
     assert heavy_sync["sync_floor_s"][0] >= heavy_sync["bound_s"][0]
     assert heavy_async["runs"][0]["generate_calls"] == 8 * 2  # one request per episode-turn
     assert heavy_sync["runs"][0]["generate_calls"] == 2  # one batch per turn
+
+def test_mix_quickstart_reads_the_time_split_from_the_runs_metrics_and_writes_no_machine_paths():
+    """bench_mix_quickstart's arithmetic on metrics lines shaped like a run's (a validation-only
+    step 0, then training steps): the raw episode-second sums per step, and the rollout's wall time
+    split by share; its results hold repository-relative paths only. (Its full run takes minutes:
+    docs/benchmarks.md item 7.)"""
+    from benchmarks.bench_mix_quickstart import REPOSITORY, time_split, without_machine_paths
+
+    lines = [
+        {"step": 0, "val-core/a/reward/mean@1": 0.0},
+        {"step": 1, "timing_s/rollout": 10.0, "timing_s/by_source/a/generate": 6.0,
+         "timing_s/by_source/a/simulator": 0.0, "timing_s/by_source/a/env_own": 0.0,
+         "timing_s/by_source/b/generate": 4.0, "timing_s/by_source/b/simulator": 10.0,
+         "timing_s/by_source/b/env_own": 0.0},
+        {"step": 2, "timing_s/rollout": 20.0, "timing_s/by_source/a/generate": 10.0,
+         "timing_s/by_source/a/simulator": 0.0, "timing_s/by_source/a/env_own": 0.0,
+         "timing_s/by_source/b/generate": 10.0, "timing_s/by_source/b/simulator": 20.0,
+         "timing_s/by_source/b/env_own": 0.0},
+    ]
+    raw, wall, steps = time_split(lines)
+    assert steps == 2
+    assert raw["a"]["generate"] == pytest.approx(8.0) and raw["b"]["simulator"] == pytest.approx(15.0)
+    assert wall["a"]["generate"] == pytest.approx((10.0 * 6 / 20 + 20.0 * 10 / 40) / 2)
+    assert wall["b"]["simulator"] == pytest.approx((10.0 * 10 / 20 + 20.0 * 20 / 40) / 2)
+    assert sum(v for phases in wall.values() for v in phases.values()) == pytest.approx(15.0)  # mean wall time
+
+    inside = str(REPOSITORY / "recipes" / ".." / "data" / "mix.parquet")
+    cleaned = without_machine_paths({"files": [inside, "/elsewhere/secret/run.yaml"], "n": 3, "note": "a/b"})
+    assert cleaned == {"files": ["recipes/../data/mix.parquet", "run.yaml"], "n": 3, "note": "a/b"}
