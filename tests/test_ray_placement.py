@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -123,10 +124,18 @@ def test_ctrl_c_leaves_no_process_behind(tiny_model_dir, use_ray):
             if line.startswith("READY") or (not line and proc.poll() is not None):
                 break
         assert lines and lines[-1].startswith("READY"), "".join(lines[-30:])
+        # keep reading what the run and its ranks print while they shut down: a full pipe would
+        # block their writes and stop them from exiting
+        drained: list[str] = []
+        reader = threading.Thread(target=lambda: drained.extend(proc.stdout), daemon=True)
+        reader.start()
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         assert len(children) >= 2  # the two ranks (and Ray's own processes)
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run did not exit within 60 s of Ctrl-C; it printed:\n" + "".join(drained[-40:]))
         assert wait_gone(children, 30) == []
     finally:
         if proc.poll() is None:
