@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from userrl_core import bounded_json
 from userrl_core.bounded_json import ReplyLimits, first_object_with, json_objects
@@ -69,3 +71,35 @@ def test_decoding_work_is_linear_in_the_reply(monkeypatch):
 def test_matches_json_loads_on_well_formed_objects():
     for value in [{"covered": [1, 2]}, {"a": {"b": [1, {"c": "}"}]}}, {}, {"s": "\\\"{"}]:
         assert json_objects(json.dumps(value)) == [value]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=24,
+)
+# strings that make the scan and a decoder disagree if either is wrong: braces, quotes, escapes,
+# fences, nested objects inside strings
+_AWKWARD_STRINGS = st.sampled_from(['{', '}', '[', ']', '"', '\\', '```', '{"covered": [1]}', '```{"a": 1}```', ' '])
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=6) | _AWKWARD_STRINGS, _JSON_VALUES | _AWKWARD_STRINGS, max_size=5),
+       padding=st.tuples(st.sampled_from(["", " ", "\n", " \t\n "]), st.sampled_from(["", " ", "\n\n"])),
+       indent=st.sampled_from([None, 2]), max_depth=st.sampled_from([1, 2, 3, 32]))
+def test_the_whole_reply_short_cut_returns_what_the_scan_returns(value, padding, indent, max_depth):
+    """A reply that is one JSON object takes the short cut; whatever it holds (braces, quotes and
+    fences in strings, deep nesting, a small depth limit), the result equals the scan's."""
+    text = padding[0] + json.dumps(value, indent=indent) + padding[1]
+    limits = ReplyLimits(max_depth=max_depth)
+    scanned = bounded_json._json_objects_scanned(text, limits)
+    assert json_objects(text, limits) == scanned
+
+
+def test_a_whole_object_reply_is_decoded_once(monkeypatch):
+    decoded = []
+    real = bounded_json._decode
+    monkeypatch.setattr(bounded_json, "_decode", lambda piece: decoded.append(piece) or real(piece))
+    reply = ' {"analysis": "asks about {dates}", "is_task_related": true, "covered_detail_indices": [0, 2]}\n'
+    assert json_objects(reply) == [json.loads(reply)]
+    assert decoded == [reply.strip()]

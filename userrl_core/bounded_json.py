@@ -13,6 +13,10 @@ replies. Its promises:
 * **Never raises on content.** Broken, too deep or too large values (Python refuses integers
   over 4,300 digits with ``ValueError``) are skipped, never propagated; ``RecursionError``
   cannot happen because nothing deeper than ``max_depth`` reaches the decoder.
+* **A short cut for the usual reply.** A reply that is one JSON object and nothing else (no
+  fence, at most ``max_depth`` opening braces and brackets, so no deeper) is decoded at once,
+  without the scan: the scan would find that object first and everything else inside it
+  (about 3 us instead of 30 us, for every judge call of a rollout).
 
 Environments turn "no usable object" into their own error and go through their re-ask-then-
 fail path (docs/environments.md); they never guess a verdict.
@@ -47,6 +51,12 @@ def json_objects(text: str | None, limits: ReplyLimits = DEFAULT_LIMITS) -> list
     rest, each in reading order; an object nested in one already returned is not repeated.
     Returns ``[]`` when there is none; never raises on the content of ``text``."""
     text = (text or "")[: limits.max_chars]
+    whole = _whole_object(text, limits)
+    return [whole] if whole is not None else _json_objects_scanned(text, limits)
+
+
+def _json_objects_scanned(text: str, limits: ReplyLimits) -> list[dict[str, Any]]:
+    """:func:`json_objects` by the scan alone (``text`` already cut to ``max_chars``)."""
     spans = _balanced_spans(text, limits.max_depth)
     fences = _fenced_ranges(text)
     fence_starts = [a for a, _ in fences]
@@ -68,6 +78,17 @@ def json_objects(text: str | None, limits: ReplyLimits = DEFAULT_LIMITS) -> list
             found.append(value)
             taken.append((start, end))
     return found
+
+
+def _whole_object(text: str, limits: ReplyLimits) -> dict[str, Any] | None:
+    """The object ``text`` is, when it is exactly one JSON object that the scan would return
+    first and alone (module doc); None when that is not certain, and the scan decides."""
+    body = text.strip()
+    if (not body.startswith("{") or not body.endswith("}") or limits.max_objects < 1 or _FENCE in body
+            or body.count("{") + body.count("[") > limits.max_depth):
+        return None
+    value = _decode(body)
+    return value if isinstance(value, dict) else None
 
 
 def first_object_with(text: str | None, key: str, limits: ReplyLimits = DEFAULT_LIMITS) -> dict[str, Any] | None:
