@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support.openai_server import OpenAIServer, Behaviour
 from support.tiny_runs import ROOT
@@ -41,6 +43,33 @@ def test_redactor_masks_known_values_and_key_shapes():
         assert leaked not in out
     assert "short stays" in out and "example.com" in out and out.count(MASK) == 5
     assert not looks_like_key("max_new_tokens: 40, the bearer of good news, task-abcdefghijklmnopqrst")
+
+
+_SHAPED_KEYS = st.sampled_from([
+    "sk-" + "a1B2" * 5, "sk-proj-abc-" + "Z9" * 10, "pk-" + "x" * 20, "rk-" + "9" * 16, "AKIA" + "ABCD1234" * 2,
+    "ghp_" + "q" * 36, "gho_" + "Q1" * 16, "ghs_" + "0" * 30, "hf_" + "H" * 34, "xoxb-" + "12-ab" * 3,
+    "AIza" + "y" * 35, "Bearer " + "t0k.en~+/=" * 2, "https://ann:pw1234@host.example/v1",
+    "/v1?api_key=zz9", "&Access_Token=abc", "?PASSWORD=hunter2", "?key=k",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12) | _SHAPED_KEYS | st.sampled_from([" ", "-", "_", "=", "?", "&", "gh", "sk", ":"]),
+                max_size=8).map("".join))
+def test_the_literal_pre_checks_skip_only_texts_no_shape_matches(text):
+    """The redactor skips a shape's expression when the text lacks all of its literals; the
+    result always equals running every expression on every text."""
+    from userrl_core.redaction import _CONTEXT_SHAPES, _KEY_SHAPES
+
+    expected = text
+    for pattern, _ in _KEY_SHAPES:
+        expected = pattern.sub(MASK, expected)
+    for pattern, _ in _CONTEXT_SHAPES:
+        expected = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex and m.lastindex >= 3 else ""),
+                               expected)
+    assert Redactor()(text) == expected
+    if not looks_like_key(text):
+        assert expected == text
 
 
 @pytest.mark.parametrize("override, key", [

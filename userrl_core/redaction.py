@@ -44,7 +44,7 @@ _KEY_SHAPES = [
     # OpenAI, Anthropic, DashScope
     (re.compile(r"\b(?:sk|pk|rk)-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_]{16,}"), ("sk-", "pk-", "rk-")),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), ("AKIA",)),  # AWS access key id
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), ("gh",)),  # GitHub
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),  # GitHub
     (re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), ("hf_",)),  # Hugging Face
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"), ("xox",)),  # Slack
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), ("AIza",)),  # Google
@@ -56,8 +56,11 @@ _CONTEXT_SHAPES = [
 ]
 
 
+_ANY_LITERAL = tuple(literal for _, literals in (*_KEY_SHAPES, *_CONTEXT_SHAPES) for literal in literals)
+
+
 def _may_match(text: str, literals: tuple[str, ...]) -> bool:
-    return any(literal in text for literal in literals)
+    return any(map(text.__contains__, literals))
 
 
 def looks_like_key(value: str) -> bool:
@@ -89,6 +92,8 @@ class Redactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
+        if not _may_match(text, _ANY_LITERAL):  # one pass of cheap substring tests for most texts
+            return text
         for pattern, literals in _KEY_SHAPES:
             if _may_match(text, literals):
                 text = pattern.sub(MASK, text)
