@@ -128,6 +128,7 @@ class IntentionGymEnv:
         self.simulator = simulator
         self.settings = settings
         self.seed = seed
+        self._reply_system = prompts.reply_system(spec, sees_details=settings.user_sees_details)
         self._start()
 
     def _start(self) -> None:
@@ -205,7 +206,8 @@ class IntentionGymEnv:
         )
         reply_request = SimulatorRequest(
             purpose="reply",
-            messages=prompts.reply_messages(self.spec, question, history, sees_details=cfg.user_sees_details),
+            messages=prompts.reply_messages(self.spec, question, history, sees_details=cfg.user_sees_details,
+                                            system=self._reply_system),
             context=context,
             response_format="text",
         )

@@ -134,14 +134,22 @@ def _details_for_user(details: list[MissingDetail]) -> str:
     return "\n".join(lines)
 
 
+def reply_system(task: IntentionTask, *, sees_details: bool = True) -> str:
+    """The simulated user's system message (see :func:`reply_messages`)."""
+    if not sees_details:
+        return _REPLY_SYSTEM
+    return _REPLY_SYSTEM + "\n\n" + _REPLY_DETAILS_NOTE.format(details=_details_for_user(list(task.missing_details)))
+
+
 def reply_messages(
-    task: IntentionTask, question: str, history: list[tuple[str, str]], *, sees_details: bool = True
+    task: IntentionTask, question: str, history: list[tuple[str, str]], *, sees_details: bool = True,
+    system: str | None = None,
 ) -> list[Message]:
     """The simulated user's prompt: request, category, conversation, question and, when
-    ``sees_details``, every missing detail of the task with its example answers."""
-    system = _REPLY_SYSTEM
-    if sees_details:
-        system += "\n\n" + _REPLY_DETAILS_NOTE.format(details=_details_for_user(list(task.missing_details)))
+    ``sees_details``, every missing detail of the task with its example answers. ``system``:
+    :func:`reply_system` of the same task, when the caller keeps it (it is the same every turn)."""
+    if system is None:
+        system = reply_system(task, sees_details=sees_details)
     user = (
         f"Your request: {task.task}\n"
         f"Category: {task.category or 'General'}\n\n"
