@@ -96,3 +96,39 @@ def test_byte_level_alphabet_is_a_bijection_onto_printable_characters():
     assert len(set(table.values())) == 256
     assert table[ord("a")] == "a" and table[ord(" ")] == "\u0120" and table[ord("\n")] == "\u010a"
     assert all(c.isprintable() and not c.isspace() for c in table.values())
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2", "llama3"])
+def test_decoding_equals_the_tokenizer_on_random_ids_and_refuses_other_bytes(pipelines, name):
+    """Random id sequences over the whole vocabulary (special tokens, ASCII tokens, tokens with
+    other bytes, lone UTF-8 continuation bytes): the cached texts give exactly the tokenizer's
+    decode whenever they answer, and answer for every all-ASCII sequence."""
+    tokenizer = pipelines[name]
+    encoder = PieceEncoder.for_tokenizer(tokenizer)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    rng = random.Random(7)
+    ascii_ids = [i for i in range(size) if tokenizer.decode([i], skip_special_tokens=False).isascii()]
+    answered = 0
+    for count in range(600):
+        pool = ascii_ids if count % 2 else range(size)
+        ids = [rng.choice(pool) for _ in range(rng.randint(0, 30))]
+        fast = encoder.decode(ids)
+        slow = tokenizer.decode(ids, skip_special_tokens=False)
+        if fast is not None:
+            answered += 1
+            assert fast == slow, ids
+        elif count % 2:
+            # every id of the ASCII pool decodes to ASCII alone; refused only if a token's
+            # bytes are not all ASCII (a lone continuation byte decodes to U+FFFD, not ASCII)
+            pytest.fail(f"an all-ASCII sequence was refused: {ids}")
+    assert answered >= 300
+    assert encoder.decode([-1]) is None and encoder.decode([size + 5]) is None
+    assert encoder.decode(tokenizer.encode("café", add_special_tokens=False).ids) is None
+
+
+def test_a_decoder_it_does_not_know_gets_no_encoder(pipelines):
+    from tokenizers import decoders
+
+    tokenizer = Tokenizer.from_str(pipelines["smollm2"].to_str())
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(content=" ", left=1)])
+    assert PieceEncoder.for_tokenizer(tokenizer) is None

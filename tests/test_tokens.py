@@ -198,3 +198,14 @@ def test_a_piece_encoding_that_differs_is_caught_and_switched_off(smol_tokenizer
     with caplog.at_level("WARNING", logger="userrl_core.rollout.tokens"):
         assert tokens.encode("plain words") == expected
     assert tokens._pieces is None and "switched off" in caplog.text
+
+
+def test_a_cached_decoding_that_differs_is_caught_and_switched_off(smol_tokenizer, monkeypatch, caplog):
+    monkeypatch.setattr("userrl_core.rollout.tokens.AUDIT_EVERY", 1)
+    tokens = ChatTokens(smol_tokenizer)
+    ids = tokens._encode_slow("plain words")
+    tokens._pieces._ascii[ids[-1]] = " wrong"  # a corrupted table entry stands for a wrong text
+    with caplog.at_level("WARNING", logger="userrl_core.rollout.tokens"):
+        assert tokens.decode(ids) == "plain words"
+    assert not tokens._ascii_decode and "switched off" in caplog.text
+    assert tokens.decode(ids) == "plain words"  # the tokenizer's own decode from now on

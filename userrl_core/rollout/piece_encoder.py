@@ -13,6 +13,10 @@ splitting runs as Python's ``re`` on an ASCII translation of the tokenizer's own
 (read from the tokenizer's own JSON) and only if it gives exactly the tokenizer's ids on probe
 texts; :meth:`PieceEncoder.encode` answers None for text it does not handle (anything but
 printable ASCII, tabs and newlines), which the caller then encodes the ordinary way.
+
+The other way round, :meth:`PieceEncoder.decode` joins a cached text per id for ids whose
+bytes are all ASCII (for those, the byte-level decoder's output is just their concatenation)
+and answers None when any id is not such a token, for the tokenizer's own decode.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class PieceEncoder:
                              if added else None)
         self._alphabet = str.maketrans({chr(b): c for b, c in byte_level_alphabet().items() if b < 128})
         self._pieces: dict[str, list[int]] = {}
+        self._ascii: list[str | None] = []  # id -> its text when all its bytes are ASCII (decode)
 
     @classmethod
     def for_tokenizer(cls, backend: Any) -> "PieceEncoder | None":
@@ -121,6 +126,8 @@ class PieceEncoder:
         if (expression is None or not _passive(spec.get("normalizer")) or model.get("type") != "BPE"
                 or model.get("dropout")):
             return None
+        if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+            return None
         added = {}
         for token in spec.get("added_tokens") or []:
             if token.get("lstrip") or token.get("rstrip") or token.get("single_word"):
@@ -131,7 +138,12 @@ class PieceEncoder:
             return None
         try:
             encoder = cls(backend, re.compile(translated), added)
-            same = all(encoder.encode(text) == backend.encode(text, add_special_tokens=False).ids for text in _PROBES)
+            encoder._ascii = _ascii_texts(model.get("vocab") or {}, added)
+            same = True
+            for text in _PROBES:
+                ids = backend.encode(text, add_special_tokens=False).ids
+                same = (same and encoder.encode(text) == ids
+                        and encoder.decode(ids) == backend.decode(ids, skip_special_tokens=False))
         except Exception:  # an expression Python's re reads differently, a model without tokenize()
             return None
         encoder._pieces.clear()
@@ -149,6 +161,15 @@ class PieceEncoder:
             elif part:
                 self._encode_span(part, ids)
         return ids
+
+    def decode(self, ids: list[int]) -> str | None:
+        """The text of ``ids`` (special tokens kept), or None when one of them is not a token
+        whose bytes are all ASCII."""
+        try:
+            text = "".join(map(self._ascii.__getitem__, ids))
+        except (IndexError, TypeError):  # beyond the vocabulary, or a token with other bytes
+            return None
+        return text if not ids or min(ids) >= 0 else None
 
     def _encode_span(self, span: str, ids: list[int]) -> None:
         pieces = self._splitter.findall(span) if not self._splitter.groups else None
@@ -180,6 +201,21 @@ class PieceEncoder:
                 self._pieces.clear()
             ids = self._pieces[piece] = [t.id for t in self._model.tokenize(piece.translate(self._alphabet))]
         return ids
+
+
+def _ascii_texts(vocab: dict[str, int], added: dict[str, int]) -> list[str | None]:
+    """Per id, the text of a token whose bytes are all ASCII (a vocabulary token through the
+    byte-level alphabet; an added token whose characters stand for themselves in it), else None."""
+    to_byte = {c: b for b, c in byte_level_alphabet().items()}
+    size = max([*vocab.values(), *added.values(), -1]) + 1
+    table: list[str | None] = [None] * size
+    for token, index in vocab.items():
+        raw = [to_byte.get(c) for c in token]
+        if raw and all(b is not None and b < 128 for b in raw):
+            table[index] = bytes(raw).decode("ascii")
+    for content, index in added.items():
+        table[index] = content if content and all("!" <= c <= "~" for c in content) else None
+    return table
 
 
 def _split_expression(spec: dict[str, Any]) -> str | None:

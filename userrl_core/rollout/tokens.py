@@ -78,7 +78,8 @@ class ChatTokens:
         self._pieces: PieceEncoder | None = None  # ASCII encoding with cached pieces, once checked
         self._frames: dict[tuple[Any, str], tuple[str, str] | None] = {}  # (opening, role) -> text around content
         self._splice_roles: frozenset[str] = frozenset()
-        self._audits = {"splice": 0, "pieces": 0}
+        self._audits = {"splice": 0, "pieces": 0, "decode": 0}
+        self._ascii_decode = True  # PieceEncoder.decode, until an audit finds a difference
         self.tools: list[dict[str, Any]] | None = None
         if tools and self._template_renders_tools(tools):
             self.tools = tools
@@ -140,6 +141,17 @@ class ChatTokens:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids verbatim: special tokens kept, no clean-up of spaces."""
+        if self._pieces is not None and self._ascii_decode:
+            text = self._pieces.decode(ids)
+            if text is not None:
+                if self._due("decode"):
+                    slow = self._backend.decode(list(ids), skip_special_tokens=False)
+                    if slow != text:
+                        self._ascii_decode = False
+                        log.warning("the cached-text decoding differed from the tokenizer's on %r; "
+                                    "switched off for this run", slow[:80])
+                        return slow
+                return text
         if self._backend is not None:
             return self._backend.decode(list(ids), skip_special_tokens=False)
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
