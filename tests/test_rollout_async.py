@@ -96,3 +96,41 @@ def test_an_episode_stuck_on_a_slow_simulator_call_does_not_delay_the_others(ser
     else:
         # the barrier: every other episode's turn 2 waited for the held call
         assert all(policy.arrived[(i, 2)] >= held_until for i in range(1, 4))
+
+
+class SeedRecordingPolicy(QuestionPolicy):
+    """QuestionPolicy that also records the sampling seed of each (task, turn) request."""
+
+    def __init__(self, tokenizer, openings: list[str]):
+        super().__init__(tokenizer, openings, stuck=-1)
+        self.seeds: dict[tuple[int, int], int] = {}
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        ((prompt,),) = (request.prompts,)
+        text = self.tokenizer.decode(prompt, skip_special_tokens=False)
+        index = next(i for i, opening in enumerate(self.openings) if opening in text)
+        self.seeds[(index, text.count("<|im_start|>assistant") - 1)] = request.seed
+        return await super().generate(request)
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_async_requests_carry_the_documented_per_episode_turn_seed(server, smol_tokenizer, validation):
+    """Each async request's seed is derive_seed(run seed, train|validation, turn, group, sample),
+    as documented in docs/rollout.md, however the engine builds it."""
+    from userrl_core.rollout import derive_seed
+
+    registry = get_plugin_manager().registry
+    tasks = load_tasks(DATA_DIR / "userrl_splits" / "train.parquet", registry, max_tasks=3).tasks
+    config = RunConfig(
+        model={"path": "unused"}, data={"train_files": ["unused"]},
+        rollout={"mode": "async", "action_format": "plain_text", "n": 1, "val_n": 1, "max_turns": 2,
+                 "max_new_tokens": 40, "max_episode_tokens": 4096},
+        simulator={"name": "litellm", "model": "openai/test-model", "api_base": server.base_url,
+                   "num_retries": 0, "timeout": 30.0},
+    )
+    policy = SeedRecordingPolicy(smol_tokenizer, [t.prompt[-1]["content"] for t in tasks])
+    engine = RolloutEngine(policy, registry, build_litellm_simulator(config=config.simulator), config)
+    asyncio.run(engine.run(tasks, seed=7, validation=validation))
+    tag = "validation" if validation else "train"
+    assert policy.seeds == {(g, t): derive_seed(7, tag, t, g, 0) for g in range(3) for t in range(2)}
+    assert len(set(policy.seeds.values())) == 6

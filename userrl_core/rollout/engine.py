@@ -155,8 +155,12 @@ def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from a tuple of ints and strings (same inputs, same seed, on every
     machine and Python). An unkeyed BLAKE2b digest: about 1 us, where seeding a ``random.Random``
     from the same text cost about 10 us, once per episode-turn."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+    return _seed_of_text(":".join(map(str, parts)))
+
+
+def _seed_of_text(text: str) -> int:
+    """:func:`derive_seed` of the parts whose ``":"``-joined text is ``text``."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
 
 
 class RolloutEngine:
@@ -178,6 +182,7 @@ class RolloutEngine:
         )
         self.observation_role = "tool" if tool_mode and self.tokens.supports_tool_role else "user"
         self._closing = self.tokens.closing_ids()
+        self._stops = frozenset(self.tokens.stop_token_ids)
 
     # ---------------------------------------------------------------------------------------
     # The turn loop
@@ -264,6 +269,8 @@ class RolloutEngine:
             return
         self._start(state, await self._reset(state))
         episode = state.episode
+        # derive_seed(*seed_parts, turn, group, sample), its text built around the turn once
+        seed_head, seed_tail = "".join(f"{p}:" for p in seed_parts), f":{episode.group}:{episode.sample}"
         turn = 0
         while not state.finished:
             if not self._fits_next_turn(len(state.ids)):
@@ -271,7 +278,7 @@ class RolloutEngine:
                 break
             state.progress.turn_started(turn)
             request = GenerationRequest(
-                prompts=[list(state.ids)], seed=derive_seed(*seed_parts, turn, episode.group, episode.sample),
+                prompts=[list(state.ids)], seed=_seed_of_text(f"{seed_head}{turn}{seed_tail}"),
                 **sampling,
             )
             waiting = time.perf_counter()
@@ -424,7 +431,7 @@ class RolloutEngine:
     def _cut_at_stop(self, ids: list[int], logprobs: list[float] | None) -> tuple[list[int], list[float] | None]:
         """Keep ids up to and including the first stop token (a backend may pad after it)."""
         for index, token in enumerate(ids):
-            if token in self.tokens.stop_token_ids:
+            if token in self._stops:
                 ids = ids[: index + 1]
                 break
         if logprobs is not None:
@@ -455,7 +462,7 @@ class RolloutEngine:
             counters.truncated_turns += 1
         content = self.tokens.decode(body)
         episode.messages.append({"role": "assistant", "content": content})
-        visible_ids = body[:-1] if body and body[-1] in self.tokens.stop_token_ids else body
+        visible_ids = body[:-1] if body and body[-1] in self._stops else body
         text = content if visible_ids is body else self.tokens.decode(visible_ids)
         parsed = parse_reply(text, action_format=self.settings.action_format)
         turn = Turn(start=start, end=start + len(sampled), text=text, action=parsed.action, reward=0.0)

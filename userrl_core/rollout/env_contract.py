@@ -49,6 +49,8 @@ def chat_messages(value: Any) -> list[Message] | None:
 def finite_reward(value: Any) -> float | None:
     """``value`` as a float when it is a finite real number (int, float, numpy scalar; not a
     bool, not text); otherwise None."""
+    if type(value) is float:  # the usual case, without the slower abstract-class check
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     number = float(value)
