@@ -335,6 +335,13 @@ def test_user_sees_every_detail_with_its_options_and_the_judge_the_missing_ones(
     assert ctx["details"][0] == {"number": 0, "description": "Travel dates", "inquiry": "When?",
                                  "options": ["May", "June"], "importance": 2}
     assert reply.context == ctx
+    # the texts the environment keeps for the episode give the prompts built from scratch
+    from userrl_plugins.intentiongym import prompts
+
+    history = [("Where would you like to go?", "Paris, please.")]
+    shown = prompts.labelled_details(list(env.spec.missing_details[1:]), "userrl")
+    assert judge.messages == prompts.judge_messages(env.spec, "And when?", history, shown, "userrl")
+    assert reply.messages == prompts.reply_messages(env.spec, "And when?", history)
 
 
 def test_user_sees_details_false_hides_them_from_the_user():

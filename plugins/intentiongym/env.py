@@ -128,7 +128,9 @@ class IntentionGymEnv:
         self.simulator = simulator
         self.settings = settings
         self.seed = seed
+        # the parts of the simulator prompts that stay the same for the whole episode
         self._reply_system = prompts.reply_system(spec, sees_details=settings.user_sees_details)
+        self._detail_texts = {id(d): prompts.judge_detail_text(d) for d in spec.missing_details}
         self._start()
 
     def _start(self) -> None:
@@ -213,7 +215,8 @@ class IntentionGymEnv:
         )
         judge_request = SimulatorRequest(
             purpose="judge",
-            messages=prompts.judge_messages(self.spec, question, history, shown, cfg.judge_format),
+            messages=prompts.judge_messages(self.spec, question, history, shown, cfg.judge_format,
+                                            detail_texts=self._detail_texts),
             context=context,
             response_format="json",
         )

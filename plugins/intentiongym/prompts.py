@@ -166,20 +166,28 @@ def labelled_details(details: list[MissingDetail], judge_format: str) -> list[tu
     return list(enumerate(details, start=FORMATS[judge_format].first_label))
 
 
+def judge_detail_text(detail: MissingDetail) -> str:
+    """One unknown detail as the judge sees it, after its label."""
+    text = f"{detail.description} (importance: {_IMPORTANCE_LABEL[detail.importance]})"
+    if detail.inquiry:
+        text += f"\n   a question that would cover it: {detail.inquiry}"
+    return text
+
+
 def judge_messages(
     task: IntentionTask,
     question: str,
     history: list[tuple[str, str]],
     details: list[tuple[int, MissingDetail]],
     judge_format: str,
+    *,
+    detail_texts: dict[int, str] | None = None,
 ) -> list[Message]:
-    """The judge's prompt: the request, the labelled still-missing details, the question."""
-    lines = []
-    for label, detail in details:
-        line = f"{label}. {detail.description} (importance: {_IMPORTANCE_LABEL[detail.importance]})"
-        if detail.inquiry:
-            line += f"\n   a question that would cover it: {detail.inquiry}"
-        lines.append(line)
+    """The judge's prompt: the request, the labelled still-missing details, the question.
+    ``detail_texts``: :func:`judge_detail_text` of each detail by ``id(detail)``, when the
+    caller keeps them (they are the same every turn)."""
+    lines = [f"{label}. " + (detail_texts[id(detail)] if detail_texts is not None else judge_detail_text(detail))
+             for label, detail in details]
     user = (
         f"Request: {task.task}\n"
         f"Category: {task.category or 'General'}\n\n"
