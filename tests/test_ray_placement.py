@@ -92,8 +92,11 @@ def test_ray_actor_group_trains_like_one_process_and_cleans_up(tiny_model_dir, m
     assert wait_gone(list(ray_pids)) == []
 
 
+# The run as a terminal's foreground job: SIGINT at its default (a test suite started in the
+# background, e.g. under nohup, passes SIGINT ignored on to every process it starts).
 RUN_AND_WAIT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {root!r} + "/tests")
     from test_fsdp_backend import make_config
     from userrl_plugins.backends.fsdp_plugin import make_training_backend
@@ -107,6 +110,17 @@ RUN_AND_WAIT = textwrap.dedent("""
     finally:
         backend.close()
 """)
+
+
+def _signal_state(pid: int) -> str:
+    """The Sig* lines (pending, blocked, ignored, caught masks) and the state of every thread of
+    ``pid``, for a process that did not react to a signal."""
+    lines = []
+    for task in sorted(os.listdir(f"/proc/{pid}/task")):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            fields = [line.strip() for line in status if line.startswith(("Name", "State", "Sig", "ShdPnd"))]
+        lines.append(f"{task}: " + "; ".join(fields))
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("use_ray", [True, False], ids=["ray-actors", "local-processes"])
@@ -135,7 +149,8 @@ def test_ctrl_c_leaves_no_process_behind(tiny_model_dir, use_ray):
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail("the run did not exit within 60 s of Ctrl-C; it printed:\n" + "".join(drained[-40:]))
+            pytest.fail("the run did not exit within 60 s of Ctrl-C; it printed:\n" + "".join(drained[-40:])
+                        + "\nits signal state per thread:\n" + _signal_state(proc.pid))
         assert wait_gone(children, 30) == []
     finally:
         if proc.poll() is None:
