@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from userrl_core.errors import ConfigError
 from userrl_core.rollout.piece_encoder import PieceEncoder
@@ -119,14 +119,9 @@ class ChatTokens:
         if self._pieces is not None:
             ids = self._pieces.encode(text)
             if ids is not None:
-                if self._due("pieces"):
-                    slow = self._encode_slow(text)
-                    if slow != ids:
-                        self._pieces = None
-                        log.warning("the cached-piece tokenisation differed from the tokenizer's on %r; "
-                                    "switched off for this run", text[:80])
-                        return slow
-                return ids
+                return self._audited("pieces", ids, lambda: self._encode_slow(text),
+                                     lambda: f"the cached-piece tokenisation differed from the tokenizer's on "
+                                             f"{text[:80]!r}; switched off for this run")
         return self._encode_slow(text)
 
     def _encode_slow(self, text: str) -> list[int]:
@@ -134,24 +129,35 @@ class ChatTokens:
             return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _due(self, shortcut: str) -> bool:
-        """Whether this use of ``shortcut`` is one to compare with the slow way."""
+    # what switches each shortcut off: (attribute, value)
+    _SWITCHED_OFF = {"pieces": ("_pieces", None), "decode": ("_ascii_decode", False),
+                     "splice": ("_splice_roles", frozenset())}
+
+    def _audited(self, shortcut: str, fast: Any, slow: Callable[[], Any], warning: Callable[[], str]) -> Any:
+        """``fast``, the result of ``shortcut``; on one call in ``AUDIT_EVERY`` compared with
+        ``slow()``, and at a difference the shortcut is switched off, ``warning()`` logged and the
+        slow result returned (the texts are built only then: this runs on every episode-turn)."""
         self._audits[shortcut] += 1
-        return self._audits[shortcut] % AUDIT_EVERY == 0
+        if self._audits[shortcut] % AUDIT_EVERY:
+            return fast
+        expected = slow()
+        if expected == fast:
+            return fast
+        setattr(self, *self._SWITCHED_OFF[shortcut])
+        log.warning("%s", warning())
+        return expected
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids verbatim: special tokens kept, no clean-up of spaces."""
         if self._pieces is not None and self._ascii_decode:
             text = self._pieces.decode(ids)
             if text is not None:
-                if self._due("decode"):
-                    slow = self._backend.decode(list(ids), skip_special_tokens=False)
-                    if slow != text:
-                        self._ascii_decode = False
-                        log.warning("the cached-text decoding differed from the tokenizer's on %r; "
-                                    "switched off for this run", slow[:80])
-                        return slow
-                return text
+                return self._audited("decode", text, lambda: self._decode_slow(ids),
+                                     lambda: f"the cached-text decoding differed from the tokenizer's on ids "
+                                             f"{list(ids)[:20]}; switched off for this run")
+        return self._decode_slow(ids)
+
+    def _decode_slow(self, ids: Sequence[int]) -> str:
         if self._backend is not None:
             return self._backend.decode(list(ids), skip_special_tokens=False)
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -249,14 +255,9 @@ class ChatTokens:
         if frame is None:
             return self._rendered_tail(before, new_messages)
         text = frame[0] + new_messages[0]["content"] + frame[1]
-        if self._due("splice"):
-            rendered = self._rendered_tail(before, new_messages)
-            if rendered != text:
-                self._splice_roles = frozenset()
-                log.warning("the chat template did not render a %s message's content verbatim; "
-                            "continuations are rendered in full from now on", new_messages[0]["role"])
-                return rendered
-        return text
+        return self._audited("splice", text, lambda: self._rendered_tail(before, new_messages),
+                             lambda: f"the chat template did not render a {new_messages[0]['role']} message's "
+                                     "content verbatim; continuations are rendered in full from now on")
 
     def _frame(self, before: Sequence[Message], new_messages: Sequence[Message]) -> tuple[str, str] | None:
         """The tail's text before and after the content of the one new message, when it can be
